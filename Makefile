@@ -33,6 +33,15 @@ build-healer: ## Build the healer.
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/healer ./healer/cmd/healer
 
+.PHONY: image image-coredns image-healer
+image: image-coredns image-healer ## Build both images (docker if an engine answers, else buildah -> _output/images/*.tar).
+
+image-coredns: build-coredns ## Build the CoreDNS image (FROM scratch; see build/README.md to push it).
+	VERSION=$(VERSION) REVISION=$(GIT_COMMIT) OUTPUT=$(OUTPUT) build/image/build.sh coredns
+
+image-healer: build-healer ## Build the healer image.
+	VERSION=$(VERSION) REVISION=$(GIT_COMMIT) OUTPUT=$(OUTPUT) build/image/build.sh healer
+
 ##@ Test
 .PHONY: test test-unit test-integration e2e
 test: test-unit test-integration e2e ## The whole proof: unit, integration (real CoreDNS) and end to end (local cluster).
@@ -43,6 +52,9 @@ test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop)
 test-integration: build ## Integration tests against the real custom CoreDNS and healer binaries.
 	COREDNS_BIN=$(abspath $(BIN)/coredns) HEALER_BIN=$(abspath $(BIN)/healer) \
 		$(GO) test -count=1 -tags integration ./build/coredns/... ./test/...
+
+test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
+	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
 
 e2e: ## End-to-end tests on the local cluster (builds the control plane once, ~10 min cold).
 	@echo "e2e: not wired yet"
