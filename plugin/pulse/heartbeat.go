@@ -1,0 +1,267 @@
+package pulse
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coredns/coredns/plugin/pkg/reuseport"
+	"github.com/dnspulse/dnspulse/heartbeat"
+
+	"github.com/miekg/dns"
+)
+
+// config is what the Corefile sets for one pulse listener.
+type config struct {
+	addr           string
+	tick           time.Duration
+	probeName      string // empty: the synthetic default under the block's zone
+	probeType      uint16
+	probeTimeout   time.Duration // 0: the tick, at most 1s
+	replica        string
+	servfailRatio  float64
+	p99            time.Duration
+	minQueries     uint64
+	lease          bool
+	leaseNamespace string
+	leaseInterval  time.Duration
+}
+
+func defaultConfig() config {
+	return config{
+		addr:          ":9155",
+		tick:          100 * time.Millisecond,
+		probeType:     dns.TypeA,
+		servfailRatio: 0.25,
+		p99:           500 * time.Millisecond,
+		minQueries:    20,
+		leaseInterval: 5 * time.Second,
+	}
+}
+
+func (c config) selfProbeTimeout() time.Duration {
+	if c.probeTimeout > 0 {
+		return c.probeTimeout
+	}
+	return min(c.tick, time.Second)
+}
+
+// windowSpans are the heartbeat's windows, in the order of heartbeat.WindowKeys.
+var windowSpans = []time.Duration{time.Second, 10 * time.Second, 60 * time.Second}
+
+// runner serves one listener for one CoreDNS instance: the ticker (seq, heartbeat,
+// self-probe, metrics, lease), the janitor that prepares store slots, and GET /pulse. A
+// reload stops it and starts the next instance's runner on the same hub.
+type runner struct {
+	cfg       config
+	hub       *hub
+	probeAddr string // host:port of the server's own DNS listener; "" when it cannot be probed
+	probeWhy  string // why not
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	srv    *http.Server
+	ln     net.Listener
+
+	body      atomic.Pointer[[]byte] // the last heartbeat, encoded: GET /pulse only copies it
+	lastProbe atomic.Pointer[heartbeat.SelfProbe]
+	lease     *leaser
+}
+
+func (r *runner) start() error {
+	ln, err := reuseport.Listen("tcp", r.cfg.addr)
+	if err != nil {
+		return fmt.Errorf("pulse: listen %s: %w", r.cfg.addr, err)
+	}
+	r.ln = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc(heartbeat.Path, r.servePulse)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("OK")) })
+	r.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 90 * time.Second}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.tickOnce(time.Now()) // a heartbeat exists from the first request on
+	r.wg.Add(3)
+	go func() { defer r.wg.Done(); r.srv.Serve(ln) }()
+	go func() { defer r.wg.Done(); r.janitor(ctx) }()
+	go func() { defer r.wg.Done(); r.ticker(ctx) }()
+	if r.lease != nil {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.lease.run(ctx, r.cfg.leaseInterval) }()
+	}
+	return nil
+}
+
+// stop ends every goroutine of the runner and frees its port.
+func (r *runner) stop() error {
+	if r.cancel == nil {
+		return nil
+	}
+	r.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := r.srv.Shutdown(ctx)
+	r.wg.Wait()
+	r.cancel = nil
+	return err
+}
+
+func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(*r.body.Load())
+}
+
+// janitor prepares the store's next slots. It runs at half the fine slot width, apart
+// from the ticker, so a long tick never leaves writers an unprepared slot.
+func (r *runner) janitor(ctx context.Context) {
+	t := time.NewTicker(fineWidth / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.hub.store.prepare(r.hub.now())
+		}
+	}
+}
+
+func (r *runner) ticker(ctx context.Context) {
+	t := time.NewTicker(r.cfg.tick)
+	defer t.Stop()
+	probes := make(chan struct{}, 1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			r.tickOnce(now)
+			// One self-probe at a time, each in its own goroutine so a hung listener
+			// never stops seq from moving; a probe still running at the next tick has
+			// already failed its deadline and is reported so by then.
+			select {
+			case probes <- struct{}{}:
+				r.wg.Add(1)
+				go func() { defer r.wg.Done(); defer func() { <-probes }(); r.selfProbe(ctx) }()
+			default:
+			}
+		}
+	}
+}
+
+// tickOnce builds, encodes and publishes the heartbeat for this tick.
+func (r *runner) tickOnce(now time.Time) {
+	hb := r.build(now, r.hub.seq.Add(1))
+	b, err := json.Marshal(hb)
+	if err != nil { // cannot happen with these types; never leave the old body claiming freshness
+		log.Errorf("encoding heartbeat: %v", err)
+		return
+	}
+	r.body.Store(&b)
+	reportMetrics(r.cfg.addr, hb)
+	if r.lease != nil {
+		r.lease.update(hb)
+	}
+}
+
+func (r *runner) build(now time.Time, seq uint64) *heartbeat.Heartbeat {
+	mono := r.hub.now()
+	hb := &heartbeat.Heartbeat{
+		Version: heartbeat.Version,
+		Replica: r.cfg.replica,
+		Seq:     seq,
+		Time:    now.UTC(),
+		Started: r.hub.started,
+		Tick:    heartbeat.Duration(r.cfg.tick),
+		Windows: make(map[string]heartbeat.Window, len(windowSpans)),
+		Reasons: []string{},
+	}
+	for i, span := range windowSpans {
+		hb.Windows[heartbeat.WindowKeys[i]] = summarize(r.hub.store.window(mono, span))
+	}
+	if p := r.lastProbe.Load(); p != nil {
+		hb.SelfProbe = *p
+	} else {
+		hb.SelfProbe = heartbeat.SelfProbe{OK: true, Error: "no self-probe yet"}
+		if r.probeAddr == "" {
+			hb.SelfProbe.Error = "self-probe disabled: " + r.probeWhy
+		}
+	}
+	hb.Reasons = r.cfg.verdict(hb)
+	hb.Verdict = heartbeat.VerdictHealthy
+	if len(hb.Reasons) > 0 {
+		hb.Verdict = heartbeat.VerdictDegraded
+	}
+	return hb
+}
+
+// verdict returns why the heartbeat says degraded; none means healthy. Judged on the 1 s
+// window, and only with enough queries to mean something.
+func (c config) verdict(hb *heartbeat.Heartbeat) []string {
+	reasons := []string{}
+	if sp := hb.SelfProbe; !sp.OK {
+		reasons = append(reasons, "self-probe failed: "+sp.Error)
+	}
+	w := hb.Windows[heartbeat.Window1s]
+	if w.Queries >= c.minQueries && w.Queries > 0 {
+		if w.ServfailRatio > c.servfailRatio {
+			reasons = append(reasons, fmt.Sprintf("servfail ratio %.2f > %.2f over %d queries in 1s", w.ServfailRatio, c.servfailRatio, w.Queries))
+		}
+		if p99 := time.Duration(w.LatencyMicros.P99) * time.Microsecond; p99 > c.p99 {
+			reasons = append(reasons, fmt.Sprintf("p99 latency %v > %v over %d queries in 1s", p99, c.p99, w.Queries))
+		}
+	}
+	return reasons
+}
+
+// selfProbe sends one query through the server's own DNS listener, as a client would.
+func (r *runner) selfProbe(ctx context.Context) {
+	if r.probeAddr == "" {
+		return
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(r.cfg.probeName, r.cfg.probeType)
+	m.RecursionDesired = true
+	r.hub.probeID.Store(uint32(m.Id) + 1)
+	defer r.hub.probeID.CompareAndSwap(uint32(m.Id)+1, 0)
+
+	c := &dns.Client{Net: "udp", Timeout: r.cfg.selfProbeTimeout()}
+	start := time.Now()
+	resp, _, err := c.ExchangeContext(ctx, m, r.probeAddr)
+	if ctx.Err() != nil {
+		return // shutting down: not a failure of the serving path
+	}
+	res := heartbeat.SelfProbe{Time: start.UTC(), LatencyMicros: uint64(time.Since(start) / time.Microsecond)}
+	switch {
+	case err != nil:
+		res.Error = probeError(err)
+	case resp.Rcode == dns.RcodeSuccess || resp.Rcode == dns.RcodeNameError:
+		res.OK, res.Rcode = true, dns.RcodeToString[resp.Rcode]
+	default:
+		res.Rcode = kindName(resp.Rcode)
+		res.Error = "rcode " + res.Rcode
+	}
+	r.lastProbe.Store(&res)
+	observeSelfProbe(r.cfg.addr, res)
+}
+
+func probeError(err error) string {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return err.Error()
+}
