@@ -56,8 +56,18 @@ test-integration: build ## Integration tests against the real custom CoreDNS and
 test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
 
-e2e: ## End-to-end tests on the local cluster (builds the control plane once, ~10 min cold).
-	@echo "e2e: not wired yet"
+e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the control plane once, ~10 min cold).
+	DNSPULSE_BIN_DIR=$(abspath $(BIN)) $(GO) test -count=1 -tags e2e -timeout 40m -v ./e2e/...
+
+.PHONY: cluster-bins cluster cluster-down
+cluster-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, helm (cached outside the tree by pins).
+	OUT_BIN=$(abspath $(BIN)) e2e/hack/build-cluster-bins.sh
+
+cluster: cluster-bins build ## Run the local cluster with CoreDNS+pulse until Ctrl-C; prints the kubectl commands (root).
+	BIN=$(BIN) hack/cluster.sh
+
+cluster-down: ## Remove anything a local cluster left behind (processes, netns, links, bridge, state); idempotent.
+	BIN=$(BIN) hack/cluster.sh down
 
 ##@ Benchmarks
 .PHONY: bench bench-plugin
