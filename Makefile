@@ -82,9 +82,18 @@ demo: build ## The main job: see README.
 	hack/demo.sh
 
 ##@ Lint
-.PHONY: lint fmt
+.PHONY: lint fmt chart-lint
 lint: ## golangci-lint (pinned, run through the go command).
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+chart-lint: ## helm lint the healer chart with every ci values file (helm binary if built, else the Helm SDK test).
+	@if [ -x $(BIN)/helm ]; then \
+		for f in "" healer/chart/ci/*-values.yaml; do \
+			$(BIN)/helm lint --strict --kube-version 1.37.2 healer/chart $${f:+--values $$f} || exit 1; \
+		done; \
+	else \
+		$(GO) test -count=1 -run 'TestLint|TestSchema' ./healer/chart/; \
+	fi
 
 fmt: ## gofmt the tree.
 	gofmt -w $$(git ls-files '*.go')
