@@ -35,6 +35,8 @@ type discovery struct {
 
 	startOnce sync.Once
 	synced    chan struct{}
+	// changed gets a token after every rebuild (buffered: never blocks the informer).
+	changed chan struct{}
 
 	mu       sync.Mutex
 	targets  []replica.Target
@@ -47,7 +49,7 @@ func newDiscovery(m *Mode) (*discovery, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--selector %q: %w", m.cfg.Selector, err)
 	}
-	d := &discovery{m: m, selector: sel, synced: make(chan struct{}), warned: map[types.UID]bool{}}
+	d := &discovery{m: m, selector: sel, synced: make(chan struct{}), changed: make(chan struct{}, 1), warned: map[types.UID]bool{}}
 	d.podFactory = informers.NewSharedInformerFactoryWithOptions(m.client, 0,
 		informers.WithNamespace(m.cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel.String() }))
@@ -175,6 +177,19 @@ func (d *discovery) rebuild() {
 	sort.Slice(targets, func(i, j int) bool { return targets[i].Name < targets[j].Name })
 	d.targets = targets
 	d.checkWatchers(pods)
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
+
+// cachedPods lists the informer's pods that match the selector.
+func (d *discovery) cachedPods() []*corev1.Pod {
+	pods, err := d.pods.Pods(d.m.cfg.Namespace).List(d.selector)
+	if err != nil {
+		return nil
+	}
+	return pods
 }
 
 func (d *discovery) pulseAddr(p *corev1.Pod) string {

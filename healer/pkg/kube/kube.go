@@ -8,7 +8,8 @@
 //	# in the CoreDNS namespace (--namespace)
 //	""                 pods              get, list, watch
 //	""                 pods/eviction     create
-//	""                 pods/status       patch        (only with --readiness-gate)
+//	""                 pods/status       patch        (only with --readiness-gate: drain before
+//	                                                   eviction, and set the gate True on new pods)
 //	""                 pods              delete       (only with --allow-delete; not granted otherwise)
 //	discovery.k8s.io   endpointslices    list, watch
 //	events.k8s.io      events            create, patch
@@ -274,6 +275,7 @@ func (m *Mode) Run(ctx context.Context) error {
 			errc <- err
 		}
 	})
+	wg.Go(func() { m.openGates(ctx) })
 	if m.canary != nil {
 		// Followers read the Service so that their view of fresh answers follows the leader's.
 		wg.Go(func() { m.canary.follow(ctx) })

@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -122,6 +123,9 @@ func (h *harness) writes() []string {
 		switch a.GetVerb() {
 		case "get", "list", "watch":
 			continue
+		}
+		if isDryRunEviction(a) {
+			continue // dryRun=All: the apiserver checks and stores nothing
 		}
 		r := a.GetResource().Resource
 		if s := a.GetSubresource(); s != "" {
@@ -250,6 +254,9 @@ func evictReactor(h *harness, err error) {
 		}
 		if err != nil {
 			return true, nil, err
+		}
+		if isDryRunEviction(a) {
+			return true, nil, nil
 		}
 		name := a.(k8stesting.CreateAction).GetObject().(interface{ GetName() string }).GetName()
 		return true, nil, h.client.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("pods"), testNS, name)
@@ -530,4 +537,105 @@ func errTooManyRequests(retryAfterSeconds int) error {
 
 func errNotFoundEviction() error {
 	return apierrors.NewNotFound(schema.GroupResource{Resource: "pods/eviction"}, "")
+}
+
+func isDryRunEviction(a k8stesting.Action) bool {
+	c, ok := a.(k8stesting.CreateAction)
+	if !ok || a.GetSubresource() != "eviction" {
+		return false
+	}
+	ev, ok := c.GetObject().(*policyv1.Eviction)
+	return ok && ev.DeleteOptions != nil && len(ev.DeleteOptions.DryRun) == 1 && ev.DeleteOptions.DryRun[0] == metav1.DryRunAll
+}
+
+func TestRemediateDryRunAsksTheServer(t *testing.T) {
+	h := newHarness(t, baseConfig(), pod("a", "10.0.0.1", &rsOwner))
+	h.sync()
+	evictReactor(h, errTooManyRequests(0))
+	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, true)
+	if out.Result != "dry-run" || !strings.Contains(out.Message, "PodDisruptionBudget would block") {
+		t.Fatalf("outcome %+v, want dry-run telling that the PDB would block", out)
+	}
+	var dry int
+	for _, a := range h.client.Actions() {
+		if a.GetVerb() == "create" && a.GetSubresource() == "eviction" {
+			if !isDryRunEviction(a) {
+				t.Fatalf("dry run sent a real eviction: %+v", a)
+			}
+			dry++
+		}
+	}
+	if dry != 1 {
+		t.Fatalf("%d dry-run evictions, want 1", dry)
+	}
+}
+
+func TestRemediateBlockedRestoresReadinessGate(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ReadinessGate = true
+	h := newHarness(t, cfg, pod("a", "10.0.0.1", &rsOwner))
+	h.sync()
+	evictReactor(h, errTooManyRequests(0))
+	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
+	if out.Result != "blocked" || !strings.Contains(out.Message, "True restored") {
+		t.Fatalf("outcome %+v, want blocked with the gate restored", out)
+	}
+	if w := strings.Join(h.writes(), ","); w != "patch pods/status,create pods/eviction,patch pods/status" {
+		t.Fatalf("writes = %s, want drain, eviction, restore", w)
+	}
+	p, err := h.client.CoreV1().Pods(testNS).Get(h.ctx, "a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !conditionIs(p, ConditionServing, corev1.ConditionTrue) {
+		t.Fatalf("conditions = %+v, want %s=True after a blocked eviction", p.Status.Conditions, ConditionServing)
+	}
+}
+
+func conditionIs(p *corev1.Pod, typ corev1.PodConditionType, st corev1.ConditionStatus) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == typ {
+			return c.Status == st
+		}
+	}
+	return false
+}
+
+func TestOpenGates(t *testing.T) {
+	gated := func(name, ip string) *corev1.Pod {
+		p := pod(name, ip, &rsOwner)
+		p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: ConditionServing}}
+		return p
+	}
+	fresh := gated("fresh", "10.0.0.1")
+	drained := gated("drained", "10.0.0.2")
+	drained.Status.Conditions = append(drained.Status.Conditions, corev1.PodCondition{Type: ConditionServing, Status: corev1.ConditionFalse})
+	plain := pod("plain", "10.0.0.3", &rsOwner)
+
+	cfg := baseConfig()
+	cfg.ReadinessGate = true
+	h := newHarness(t, cfg, fresh, drained, plain)
+	go h.m.openGates(h.ctx)
+	h.sync()
+	eventually(t, "gate opened on the new pod", func() bool {
+		p, err := h.client.CoreV1().Pods(testNS).Get(h.ctx, "fresh", metav1.GetOptions{})
+		return err == nil && conditionIs(p, ConditionServing, corev1.ConditionTrue)
+	})
+	// A later pod event must not touch the drained pod or the pod without the gate.
+	if _, err := h.client.CoreV1().Pods(testNS).Create(h.ctx, gated("late", "10.0.0.4"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "gate opened on the late pod", func() bool {
+		p, err := h.client.CoreV1().Pods(testNS).Get(h.ctx, "late", metav1.GetOptions{})
+		return err == nil && conditionIs(p, ConditionServing, corev1.ConditionTrue)
+	})
+	var patched []string
+	for _, a := range h.client.Actions() {
+		if a.GetVerb() == "patch" {
+			patched = append(patched, a.(k8stesting.PatchAction).GetName())
+		}
+	}
+	if strings.Join(patched, ",") != "fresh,late" {
+		t.Fatalf("patched %v, want only fresh and late", patched)
+	}
 }

@@ -68,16 +68,19 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 			steps = "set condition " + ConditionServing + "=False, then evict"
 		}
 		return replica.Outcome{Action: "evict", Result: "dry-run",
-			Message: fmt.Sprintf("would %s pod %s (uid %s, controlled by %s %s): %s", steps, ref, pod.UID, owner.Kind, owner.Name, why)}
+			Message: fmt.Sprintf("would %s pod %s (uid %s, controlled by %s %s): %s; %s",
+				steps, ref, pod.UID, owner.Kind, owner.Name, why, r.serverDryRun(ctx, pod))}
 	}
 
 	var notes []string
+	gateSet := false
 	if r.m.cfg.ReadinessGate {
-		if err := r.setServingFalse(ctx, pod, why); err != nil {
+		if err := r.setServing(ctx, pod, corev1.ConditionFalse, "DNSReplicaDegraded", "dnspulse: "+why); err != nil {
 			// Draining first is a courtesy; the eviction still ends the pod gracefully.
 			notes = append(notes, fmt.Sprintf("setting condition %s=False on pod %s failed: %v", ConditionServing, ref, err))
 			r.m.notifier.event(pod, corev1.EventTypeWarning, "ReadinessGateFailed", "Drain", notes[len(notes)-1])
 		} else {
+			gateSet = true
 			notes = append(notes, fmt.Sprintf("condition %s=False set", ConditionServing))
 			r.m.notifier.event(pod, corev1.EventTypeNormal, "ReadinessGateSet", "Drain",
 				fmt.Sprintf("dnspulse set %s=False so that traffic leaves before eviction: %s", ConditionServing, why))
@@ -85,7 +88,22 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 	}
 
 	existing := r.m.discovery.ownedPods(owner.UID)
-	err := r.evict(ctx, pod)
+	out := r.evictAndReport(ctx, pod, owner, existing, notes, why)
+	if gateSet && out.Result != "success" {
+		// The pod stays: it must not stay drained because of an eviction that did not happen.
+		// The next attempt drains it again.
+		if err := r.setServing(ctx, pod, corev1.ConditionTrue, "EvictionNotDone", "dnspulse: eviction "+out.Result+"; serving again until the next attempt"); err != nil {
+			out.Message += fmt.Sprintf("; restoring condition %s=True failed: %v", ConditionServing, err)
+		} else {
+			out.Message += fmt.Sprintf("; condition %s=True restored", ConditionServing)
+		}
+	}
+	return out
+}
+
+func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string) replica.Outcome {
+	ref := pod.Namespace + "/" + pod.Name
+	err := r.evict(ctx, pod, false)
 	switch {
 	case err == nil:
 		r.resetBackoff(pod.UID)
@@ -152,19 +170,22 @@ func (r *remediator) recheck(ctx context.Context, t replica.Target) (*corev1.Pod
 	return pod, nil
 }
 
-// setServingFalse sets the readiness gate condition. The uid in the patch is a precondition:
+// setServing sets the readiness gate condition. The uid in the patch is a precondition:
 // the apiserver refuses the patch if the pod was replaced meanwhile.
-func (r *remediator) setServingFalse(ctx context.Context, pod *corev1.Pod, why string) error {
-	now := metav1.NewTime(r.m.clock.Now())
+func (r *remediator) setServing(ctx context.Context, pod *corev1.Pod, status corev1.ConditionStatus, reason, message string) error {
+	return patchServing(ctx, r.m, pod, status, reason, message)
+}
+
+func patchServing(ctx context.Context, m *Mode, pod *corev1.Pod, status corev1.ConditionStatus, reason, message string) error {
 	patch := map[string]any{
 		"metadata": map[string]any{"uid": pod.UID},
 		"status": map[string]any{
 			"conditions": []corev1.PodCondition{{
 				Type:               ConditionServing,
-				Status:             corev1.ConditionFalse,
-				Reason:             "DNSReplicaDegraded",
-				Message:            truncate("dnspulse: "+why, 1000),
-				LastTransitionTime: now,
+				Status:             status,
+				Reason:             reason,
+				Message:            truncate(message, 1000),
+				LastTransitionTime: metav1.NewTime(m.clock.Now()),
 			}},
 		},
 	}
@@ -172,18 +193,38 @@ func (r *remediator) setServingFalse(ctx context.Context, pod *corev1.Pod, why s
 	if err != nil {
 		return err
 	}
-	_, err = r.m.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
-	return err
+	_, err = m.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
+	if err != nil {
+		return fmt.Errorf("patching pods/status of %s/%s (condition %s=%s): %w", pod.Namespace, pod.Name, ConditionServing, status, err)
+	}
+	return nil
+}
+
+// serverDryRun asks the apiserver whether the eviction would pass (PDB included) without
+// evicting anything (dryRun=All), so a dry run tells what a real run would meet.
+func (r *remediator) serverDryRun(ctx context.Context, pod *corev1.Pod) string {
+	err := r.evict(ctx, pod, true)
+	switch {
+	case err == nil:
+		return "server-side dry run: the eviction would be allowed"
+	case apierrors.IsTooManyRequests(err):
+		return fmt.Sprintf("server-side dry run: a PodDisruptionBudget would block it now (%v)", err)
+	default:
+		return fmt.Sprintf("server-side dry run failed: %v", err)
+	}
 }
 
 // evict posts an Eviction without client-go's retry loop: the typed Evict goes through a
 // request whose default MaxRetries (10) silently waits out Retry-After answers, a PDB
 // refusal included, for up to ~100 s. A refusal must come back at once so the engine can
 // back off, tell the operator, and keep the remediator free.
-func (r *remediator) evict(ctx context.Context, pod *corev1.Pod) error {
+func (r *remediator) evict(ctx context.Context, pod *corev1.Pod, dryRun bool) error {
 	ev := &policyv1.Eviction{
 		ObjectMeta:    metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
 		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}},
+	}
+	if dryRun {
+		ev.DeleteOptions.DryRun = []string{metav1.DryRunAll}
 	}
 	if rc, ok := r.m.client.PolicyV1().RESTClient().(*rest.RESTClient); ok && rc != nil {
 		return rc.Post().
