@@ -350,6 +350,7 @@ type external struct {
 	recovered bool
 	anyFail   bool
 	latency   time.Duration // median of recent successful probes; 0 if < 2
+	last      []probeObs    // the RecentProbes latest, by send time
 }
 
 func (d *Detector) external(r *replicaData, now time.Time) external {
@@ -371,6 +372,7 @@ func (d *Detector) external(r *replicaData, now time.Time) external {
 		}
 	}
 	last := recent[max(0, len(recent)-d.th.RecentProbes):]
+	e.last = last
 	fails := 0
 	var lats []time.Duration
 	for _, o := range last {
@@ -520,6 +522,12 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 			e.reasons = append(e.reasons, fmt.Sprintf("probe latency %s vs peers %s", e.latency.Round(time.Millisecond), m.Round(time.Millisecond)))
 			if e.since.IsZero() {
 				e.since = now
+				for _, o := range e.last {
+					if o.ok && d.outlier(o.latency, m) {
+						e.since = o.sent
+						break
+					}
+				}
 			}
 			ext[n] = e
 		}

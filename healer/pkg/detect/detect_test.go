@@ -1,0 +1,527 @@
+package detect
+
+import (
+	"errors"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dnspulse/dnspulse/healer/pkg/probe"
+	"github.com/dnspulse/dnspulse/healer/pkg/pulsereader"
+	"github.com/dnspulse/dnspulse/healer/pkg/replica"
+	"github.com/dnspulse/dnspulse/heartbeat"
+)
+
+// The simulation: three replicas probed and polled every 20 ms on a fake clock; the fault
+// starts at faultAt. Each scenario says what a replica's probe and poll look like at a
+// given time; the detector is fed the results at their arrival time and judged every 5 ms.
+
+const (
+	interval = 20 * time.Millisecond
+	faultAt  = time.Second
+	runFor   = 2 * time.Second
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+type probeFn func(name string, sent time.Duration) probe.Result
+type pulseFn func(name string, sent time.Duration, seq uint64) pulsereader.Result
+
+func okProbe(string, time.Duration) probe.Result {
+	return probe.Result{Latency: 300 * time.Microsecond, Rcode: dns.RcodeSuccess, AnswerKey: "a.example. A 10.0.0.1"}
+}
+
+func timeoutProbe() probe.Result {
+	return probe.Result{Latency: 40 * time.Millisecond, Err: errors.New("timeout"), Timeout: true}
+}
+
+type hbOpts struct {
+	servfail, nx float64
+	p99          time.Duration
+	selfFail     bool
+	queries      uint64
+	verdict      string
+}
+
+func hb(seq uint64, o hbOpts) *heartbeat.Heartbeat {
+	if o.p99 == 0 {
+		o.p99 = 500 * time.Microsecond
+	}
+	if o.queries == 0 {
+		o.queries = 50
+	}
+	if o.verdict == "" {
+		o.verdict = heartbeat.VerdictHealthy
+	}
+	w := heartbeat.Window{
+		Queries: o.queries, Rcodes: map[string]uint64{"NOERROR": o.queries},
+		LatencyMicros: heartbeat.Latency{P50: 200, P90: 300, P99: uint64(o.p99.Microseconds()), Max: uint64(o.p99.Microseconds())},
+		ServfailRatio: o.servfail, NXDomainRatio: o.nx,
+	}
+	if o.servfail > 0 {
+		w.Rcodes["SERVFAIL"] = uint64(o.servfail*float64(o.queries)) + 1
+	}
+	h := &heartbeat.Heartbeat{
+		Version: 1, Seq: seq, Time: t0, Tick: heartbeat.Duration(interval),
+		Windows:   map[string]heartbeat.Window{"1s": w, "10s": w, "60s": w},
+		SelfProbe: heartbeat.SelfProbe{OK: !o.selfFail, Rcode: "NOERROR", Time: t0},
+		Verdict:   o.verdict,
+	}
+	if o.selfFail {
+		h.SelfProbe.Rcode, h.SelfProbe.Error = "", "timeout"
+	}
+	return h
+}
+
+func okPulse(_ string, _ time.Duration, seq uint64) pulsereader.Result {
+	return pulsereader.Result{Latency: time.Millisecond, Kind: pulsereader.OK, HB: hb(seq, hbOpts{})}
+}
+
+type scenario struct {
+	name  string
+	probe probeFn
+	pulse pulseFn
+	// fresh, when set, adds the canary check.
+	fresh replica.FreshnessSource
+	// want: the worst state each replica must reach after the fault ("" = not checked),
+	// and states it must never reach.
+	want  map[string]State
+	never map[string][]State
+}
+
+type event struct {
+	at    time.Duration
+	probe *probe.Result
+	pulse *pulsereader.Result
+}
+
+func simulate(t *testing.T, sc scenario, th Thresholds) map[string][]Transition {
+	t.Helper()
+	names := []string{"a", "b", "c"}
+	checks := []probe.Check{{Name: "a.example.", Type: dns.TypeA}}
+	if sc.fresh != nil {
+		checks = append(checks, probe.Check{Name: "canary.example.", Type: dns.TypeCNAME, Canary: true})
+	}
+	d := New(th, checks)
+	var targets []replica.Target
+	for _, n := range names {
+		targets = append(targets, replica.Target{Name: n, DNSAddr: n + ":53", PulseAddr: n + ":9155", Ready: true, Remediable: true})
+	}
+	d.SetTargets(targets)
+
+	var evs []event
+	for i, n := range names {
+		phase := time.Duration(i) * 7 * time.Millisecond
+		seq := uint64(100)
+		for sent := phase; sent < runFor; sent += interval {
+			for c := range checks {
+				r := sc.probe(n, sent)
+				if checks[c].Canary {
+					r.Canary = true
+					r.CanaryOK, r.CanaryWhy = sc.fresh.Accept(n, t0.Add(sent))
+				}
+				r.Replica, r.Check, r.Sent = n, c, t0.Add(sent)
+				evs = append(evs, event{at: sent + r.Latency, probe: &r})
+			}
+			p := sc.pulse(n, sent+3*time.Millisecond, seq)
+			if p.Kind == pulsereader.OK && p.HB.Seq == seq {
+				seq++
+			}
+			p.Replica, p.Sent = n, t0.Add(sent+3*time.Millisecond)
+			evs = append(evs, event{at: sent + 3*time.Millisecond + p.Latency, pulse: &p})
+		}
+	}
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
+	got := map[string][]Transition{}
+	record := func(trs []Transition) {
+		for _, tr := range trs {
+			got[tr.Replica] = append(got[tr.Replica], tr)
+		}
+	}
+	next := time.Duration(0)
+	for _, ev := range evs {
+		for next < ev.at {
+			record(d.Evaluate(t0.Add(next)))
+			next += 5 * time.Millisecond
+		}
+		if ev.probe != nil {
+			d.ObserveProbe(*ev.probe)
+		} else {
+			d.ObservePulse(*ev.pulse)
+		}
+		record(d.Evaluate(t0.Add(ev.at)))
+	}
+	return got
+}
+
+func statesAfter(trs []Transition, after time.Time) []State {
+	var s []State
+	for _, tr := range trs {
+		if !tr.At.Before(after) {
+			s = append(s, tr.To)
+		}
+	}
+	return s
+}
+
+func after(d time.Duration) bool { return d >= faultAt }
+
+type fakeFresh struct{ behind string }
+
+func (f fakeFresh) Question() string { return "canary.example." }
+func (f fakeFresh) Accept(target string, at time.Time) (bool, string) {
+	if target == f.behind && at.Sub(t0) >= faultAt {
+		return false, "answer is a value replaced 4s ago (max lag 3s)"
+	}
+	return true, ""
+}
+
+func TestFaultMatrix(t *testing.T) {
+	scenarios := []scenario{
+		{
+			name: "process hung (SIGSTOP): probes time out, heartbeat unreachable",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				if n == "b" && after(s) {
+					return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("no answer within the poll timeout")}
+				}
+				return okPulse(n, s, seq)
+			},
+			want: map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded, Global}, "c": {Degraded, Global}, "b": {Global}},
+		},
+		{
+			name: "serving path stuck, HTTP alive: probes time out, self-probe failing",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB = hb(seq, hbOpts{selfFail: true})
+				}
+				return r
+			},
+			want: map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name: "this replica's upstream broken: SERVFAIL probes, servfail ratio high vs peers",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return probe.Result{Latency: time.Millisecond, Rcode: dns.RcodeServerFailure, Failure: "rcode SERVFAIL (want NOERROR)"}
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB = hb(seq, hbOpts{servfail: 0.05})
+				}
+				return r
+			},
+			want: map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name: "this replica slow (+80 ms): latency outlier vs peers, p99 outlier",
+			probe: func(n string, s time.Duration) probe.Result {
+				r := okProbe(n, s)
+				if n == "b" && after(s) {
+					r.Latency = 80 * time.Millisecond
+				}
+				return r
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if n == "b" && after(s-80*time.Millisecond) {
+					r.HB = hb(seq, hbOpts{p99: 80 * time.Millisecond})
+				}
+				return r
+			},
+			want: map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name: "this replica answers differently: degraded although the heartbeat looks fine",
+			probe: func(n string, s time.Duration) probe.Result {
+				r := okProbe(n, s)
+				if n == "b" && after(s) {
+					r.AnswerKey = "a.example. A 10.9.9.9"
+				}
+				return r
+			},
+			pulse: okPulse,
+			want:  map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded, Suspect}, "c": {Degraded, Suspect}},
+		},
+		{
+			name:  "this replica lost its apiserver watch: the canary stays behind",
+			probe: okProbe,
+			pulse: okPulse,
+			fresh: fakeFresh{behind: "b"},
+			want:  map[string]State{"b": Degraded}, never: map[string][]State{"a": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name: "every replica failing the same way (upstream outage): global, never degraded",
+			probe: func(n string, s time.Duration) probe.Result {
+				if after(s) {
+					return probe.Result{Latency: time.Millisecond, Rcode: dns.RcodeServerFailure, Failure: "rcode SERVFAIL (want NOERROR)"}
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if after(s) {
+					r.HB = hb(seq, hbOpts{servfail: 0.9, verdict: heartbeat.VerdictDegraded})
+				}
+				return r
+			},
+			want:  map[string]State{"a": Global, "b": Global, "c": Global},
+			never: map[string][]State{"a": {Degraded}, "b": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name: "healer cut off from every replica: global, never degraded",
+			probe: func(n string, s time.Duration) probe.Result {
+				if after(s) {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				if after(s) {
+					return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+				}
+				return okPulse(n, s, seq)
+			},
+			want:  map[string]State{"a": Global, "b": Global, "c": Global},
+			never: map[string][]State{"a": {Degraded}, "b": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name:  "NXDOMAIN storm from one client on one replica: suspect at most",
+			probe: okProbe,
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB = hb(seq, hbOpts{nx: 0.95, queries: 20000})
+				}
+				return r
+			},
+			want:  map[string]State{"b": Suspect},
+			never: map[string][]State{"a": {Degraded, Global}, "b": {Degraded, Global}, "c": {Degraded, Global}},
+		},
+		{
+			name: "one replica under heavy but normal load: healthy",
+			probe: func(n string, s time.Duration) probe.Result {
+				r := okProbe(n, s)
+				if n == "b" && after(s) {
+					r.Latency = 4 * time.Millisecond
+				}
+				return r
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				r := okPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB = hb(seq, hbOpts{queries: 50000, p99: 8 * time.Millisecond})
+				}
+				return r
+			},
+			never: map[string][]State{"a": {Degraded, Suspect, Global}, "b": {Degraded, Suspect, Global}, "c": {Degraded, Suspect, Global}},
+		},
+		{
+			name: "probes fail but the heartbeat is fine: one view only, suspect",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: okPulse,
+			want:  map[string]State{"b": Suspect},
+			never: map[string][]State{"b": {Degraded, Global}, "a": {Degraded}, "c": {Degraded}},
+		},
+		{
+			name:  "heartbeat unreachable but probes fine: suspect",
+			probe: okProbe,
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				if n == "b" && after(s) {
+					return pulsereader.Result{Latency: time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("connection refused")}
+				}
+				return okPulse(n, s, seq)
+			},
+			want:  map[string]State{"b": Suspect},
+			never: map[string][]State{"b": {Degraded, Global}},
+		},
+		{
+			name: "foreign body at the pulse address and sporadic probe failures: not degraded",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) && (s/interval)%4 == 0 {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+				if n == "b" && after(s) {
+					return pulsereader.Result{Latency: time.Millisecond, Kind: pulsereader.Invalid, Err: heartbeat.ErrForeign}
+				}
+				return okPulse(n, s, seq)
+			},
+			want:  map[string]State{"b": Suspect},
+			never: map[string][]State{"b": {Degraded, Global}},
+		},
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			got := simulate(t, sc, DefaultThresholds())
+			for _, n := range []string{"a", "b", "c"} {
+				before := statesAfter(got[n], t0)
+				if slices.Contains(before, Unknown) && len(before) == 1 {
+					t.Errorf("%s: never left unknown", n)
+				}
+				during := statesAfter(got[n], t0.Add(faultAt))
+				for _, bad := range sc.never[n] {
+					if slices.Contains(during, bad) {
+						t.Errorf("%s reached %s: transitions %v", n, bad, got[n])
+					}
+				}
+				if w, ok := sc.want[n]; ok && !slices.Contains(during, w) {
+					t.Errorf("%s: want %s after the fault, got transitions %v", n, w, got[n])
+				}
+				// Before the fault every replica settles healthy, nothing worse.
+				for _, tr := range got[n] {
+					if tr.At.Sub(t0) < faultAt && (tr.To == Degraded || tr.To == Global || tr.To == Suspect) {
+						t.Errorf("%s: %s before the fault: %v", n, tr.To, tr)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestDetectionLatency checks the order of magnitude the design aims at (timing figures
+// come from the benchmark; this only proves the rules need no long history).
+func TestDetectionLatency(t *testing.T) {
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if n == "b" && after(s) {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if n == "b" && after(s) {
+				return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	got := simulate(t, sc, DefaultThresholds())
+	for _, tr := range got["b"] {
+		if tr.To == Degraded {
+			if lat := tr.At.Sub(t0.Add(faultAt)); lat > 200*time.Millisecond {
+				t.Errorf("degraded %s after the fault, want within 200ms", lat)
+			}
+			return
+		}
+	}
+	t.Fatalf("b never degraded: %v", got["b"])
+}
+
+// A fault that reaches the replicas a few milliseconds apart (an upstream outage seen by
+// each replica's next query) must still be global, not a local degradation of the first.
+func TestStaggeredGlobalFaultIsNotLocal(t *testing.T) {
+	start := map[string]time.Duration{"a": faultAt + 3*time.Millisecond, "b": faultAt, "c": faultAt + 2*time.Millisecond}
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if s >= start[n] {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if s >= start[n] {
+				return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	got := simulate(t, sc, DefaultThresholds())
+	for n, trs := range got {
+		for _, tr := range trs {
+			if tr.To == Degraded {
+				t.Errorf("%s degraded in a global fault: %v", n, tr)
+			}
+		}
+	}
+}
+
+func TestRecoveryAfterDegraded(t *testing.T) {
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if n == "b" && after(s) && s < faultAt+300*time.Millisecond {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if n == "b" && after(s) && s < faultAt+300*time.Millisecond {
+				return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	got := simulate(t, sc, DefaultThresholds())
+	var seq []State
+	for _, tr := range got["b"] {
+		seq = append(seq, tr.To)
+	}
+	i := slices.Index(seq, Degraded)
+	if i < 0 || seq[len(seq)-1] != Healthy {
+		t.Fatalf("want degraded then healthy, got %v", seq)
+	}
+	if slices.Contains(seq[i+1:], Degraded) {
+		t.Errorf("flapped back to degraded: %v", seq)
+	}
+}
+
+func TestThresholdsValidate(t *testing.T) {
+	if errs := DefaultThresholds().Validate("thresholds."); len(errs) != 0 {
+		t.Fatalf("defaults invalid: %v", errs)
+	}
+	th := DefaultThresholds()
+	th.MinFailures, th.LatencyFactor, th.ServfailMargin = 0, 0.5, 2
+	errs := th.Validate("x.yaml: thresholds.")
+	if len(errs) != 3 {
+		t.Fatalf("want 3 errors, got %v", errs)
+	}
+	for _, e := range errs {
+		if len(e) < len("x.yaml: thresholds.") || e[:len("x.yaml: thresholds.")] != "x.yaml: thresholds." {
+			t.Errorf("error %q does not name the key", e)
+		}
+	}
+}
+
+func TestNoMajorityWithTwoReplicas(t *testing.T) {
+	d := New(DefaultThresholds(), []probe.Check{{Name: "a.example.", Type: dns.TypeA}})
+	d.SetTargets([]replica.Target{
+		{Name: "a", DNSAddr: "a:53", Ready: true, Remediable: true},
+		{Name: "b", DNSAddr: "b:53", Ready: true, Remediable: true},
+	})
+	now := t0
+	for i := 0; i < 20; i++ {
+		now = now.Add(interval)
+		d.ObserveProbe(probe.Result{Replica: "a", Sent: now, Latency: time.Millisecond, AnswerKey: "x"})
+		d.ObserveProbe(probe.Result{Replica: "b", Sent: now, Latency: time.Millisecond, AnswerKey: "y"})
+		for _, tr := range d.Evaluate(now) {
+			if tr.To == Degraded {
+				t.Fatalf("degraded without a majority: %v", tr)
+			}
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package probe
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dnspulse/dnspulse/healer/pkg/replica"
+)
+
+func rr(t *testing.T, s string) dns.RR {
+	t.Helper()
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestAnswerKeyIgnoresOrderTTLAndCase(t *testing.T) {
+	a := AnswerKey([]dns.RR{rr(t, "x.example. 30 IN A 10.0.0.2"), rr(t, "x.example. 30 IN A 10.0.0.1")})
+	b := AnswerKey([]dns.RR{rr(t, "X.Example. 5 IN A 10.0.0.1"), rr(t, "x.example. 300 IN A 10.0.0.2")})
+	if a != b {
+		t.Errorf("same set compared different:\n%s\n%s", a, b)
+	}
+	c := AnswerKey([]dns.RR{rr(t, "x.example. 30 IN A 10.0.0.1")})
+	if a == c {
+		t.Errorf("different sets compared equal")
+	}
+	if AnswerKey(nil) != "" {
+		t.Errorf("empty answer not empty key")
+	}
+}
+
+func TestParseCheck(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		name    string
+		typ     uint16
+		wantErr bool
+	}{
+		{"kubernetes.default.svc.cluster.local", "kubernetes.default.svc.cluster.local.", dns.TypeA, false},
+		{"_dns._udp.kube-dns.kube-system.svc.cluster.local/srv", "_dns._udp.kube-dns.kube-system.svc.cluster.local.", dns.TypeSRV, false},
+		{"Example.COM./AAAA", "example.com.", dns.TypeAAAA, false},
+		{"x.example/BOGUS", "", 0, true},
+		{"", "", 0, true},
+		{"/A", "", 0, true},
+	} {
+		c, err := ParseCheck(tc.in)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%q: err %v, wantErr %v", tc.in, err, tc.wantErr)
+			continue
+		}
+		if err == nil && (c.Name != tc.name || c.Type != tc.typ) {
+			t.Errorf("%q: got %s %d", tc.in, c.Name, c.Type)
+		}
+	}
+}
+
+type fresh struct{ cur string }
+
+func (f fresh) Question() string { return "canary.example." }
+func (f fresh) Accept(target string, _ time.Time) (bool, string) {
+	if target == f.cur {
+		return true, ""
+	}
+	return false, "behind"
+}
+
+func TestJudge(t *testing.T) {
+	reply := func(rcode int, rrs ...dns.RR) *dns.Msg {
+		m := new(dns.Msg)
+		m.Rcode = rcode
+		m.Answer = rrs
+		return m
+	}
+	majority := Check{Name: "x.example.", Type: dns.TypeA}
+	exact := Check{Name: "x.example.", Type: dns.TypeA, Answers: []string{"10.0.0.2", "10.0.0.1"}}
+	canary := Check{Name: "canary.example.", Type: dns.TypeCNAME, Canary: true}
+	for _, tc := range []struct {
+		name     string
+		c        Check
+		m        *dns.Msg
+		err      error
+		ok       bool
+		canaryOK bool
+	}{
+		{"noerror majority", majority, reply(0, rr(t, "x.example. 1 IN A 10.0.0.1")), nil, true, false},
+		{"servfail", majority, reply(dns.RcodeServerFailure), nil, false, false},
+		{"nxdomain", majority, reply(dns.RcodeNameError), nil, false, false},
+		{"exact match any order", exact, reply(0, rr(t, "x.example. 1 IN A 10.0.0.1"), rr(t, "x.example. 9 IN A 10.0.0.2")), nil, true, false},
+		{"exact mismatch", exact, reply(0, rr(t, "x.example. 1 IN A 10.0.0.1")), nil, false, false},
+		{"timeout", majority, nil, errTimeout, false, false},
+		{"nil reply", majority, nil, nil, false, false},
+		{"canary fresh", canary, reply(0, rr(t, "canary.example. 5 IN CNAME v2.canary.invalid.")), nil, true, true},
+		{"canary behind", canary, reply(0, rr(t, "canary.example. 5 IN CNAME v1.canary.invalid.")), nil, true, false},
+	} {
+		var res Result
+		Judge(&res, tc.c, tc.m, tc.err, fresh{cur: "v2.canary.invalid."})
+		if res.OK() != tc.ok {
+			t.Errorf("%s: OK %v, want %v (%+v)", tc.name, res.OK(), tc.ok, res)
+		}
+		if tc.c.Canary && res.CanaryOK != tc.canaryOK {
+			t.Errorf("%s: CanaryOK %v, want %v", tc.name, res.CanaryOK, tc.canaryOK)
+		}
+	}
+	var res Result
+	Judge(&res, majority, nil, errTimeout, nil)
+	if !res.Timeout {
+		t.Errorf("timeout not flagged")
+	}
+}
+
+// server is a light in-process DNS responder on loopback.
+func server(t *testing.T, h dns.HandlerFunc) (string, *atomic.Int64) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		n.Add(1)
+		h(w, r)
+	})}
+	go func() { _ = srv.ActivateAndServe() }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String(), &n
+}
+
+func answerA(w dns.ResponseWriter, r *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IPv4(10, 0, 0, 1)})
+	_ = w.WriteMsg(m)
+}
+
+func collect(t *testing.T, ch <-chan Result, n int) []Result {
+	t.Helper()
+	var out []Result
+	deadline := time.After(10 * time.Second)
+	for len(out) < n {
+		select {
+		case r := <-ch:
+			out = append(out, r)
+		case <-deadline:
+			t.Fatalf("got %d results, want %d", len(out), n)
+		}
+	}
+	return out
+}
+
+func TestPoolProbesAndJudges(t *testing.T) {
+	good, _ := server(t, answerA)
+	silent, _ := server(t, func(dns.ResponseWriter, *dns.Msg) {}) // hung replica
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan Result, 100)
+	p := NewPool(Config{
+		Checks:   []Check{{Name: "x.example.", Type: dns.TypeA}},
+		Interval: 10 * time.Millisecond, Timeout: 50 * time.Millisecond, MinTimeout: 20 * time.Millisecond, MaxQPS: 1000,
+	}, ch)
+	p.Sync(ctx, []replica.Target{{Name: "good", DNSAddr: good}, {Name: "hung", DNSAddr: silent}})
+	seen := map[string]Result{}
+	for len(seen) < 2 {
+		for _, r := range collect(t, ch, 1) {
+			seen[r.Replica] = r
+		}
+	}
+	if r := seen["good"]; !r.OK() || r.AnswerKey != "x.example. A 10.0.0.1" {
+		t.Errorf("good replica: %+v", r)
+	}
+	if r := seen["hung"]; r.OK() || !r.Timeout || r.Latency > 50*time.Millisecond+20*time.Millisecond {
+		t.Errorf("hung replica: %+v", r)
+	}
+}
+
+func TestTruncatedRetriesOverTCP(t *testing.T) {
+	// One address, two listeners: UDP always truncates, TCP answers.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port %s taken for tcp: %v", addr, err)
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Truncated = true
+		_ = w.WriteMsg(m)
+	})}
+	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(answerA)}
+	go func() { _ = udp.ActivateAndServe() }()
+	go func() { _ = tcp.ActivateAndServe() }()
+	t.Cleanup(func() { _ = udp.Shutdown(); _ = tcp.Shutdown() })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan Result, 100)
+	p := NewPool(Config{Checks: []Check{{Name: "x.example.", Type: dns.TypeA}}, Interval: 20 * time.Millisecond, Timeout: time.Second, MaxQPS: 100}, ch)
+	p.Sync(ctx, []replica.Target{{Name: "r", DNSAddr: addr}})
+	r := collect(t, ch, 1)[0]
+	if !r.TCP || !r.OK() || r.AnswerKey != "x.example. A 10.0.0.1" {
+		t.Errorf("want the TCP answer, got %+v", r)
+	}
+}
+
+func TestGlobalQPSCap(t *testing.T) {
+	var addrs []string
+	var counters []*atomic.Int64
+	for i := 0; i < 5; i++ {
+		a, n := server(t, answerA)
+		addrs = append(addrs, a)
+		counters = append(counters, n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan Result, 10000)
+	// 5 replicas x 2 checks every 5 ms would be 2000 qps; the cap is 100.
+	p := NewPool(Config{
+		Checks:   []Check{{Name: "x.example.", Type: dns.TypeA}, {Name: "y.example.", Type: dns.TypeA}},
+		Interval: 5 * time.Millisecond, Timeout: 50 * time.Millisecond, MaxQPS: 100,
+	}, ch)
+	var ts []replica.Target
+	for i, a := range addrs {
+		ts = append(ts, replica.Target{Name: string(rune('a' + i)), DNSAddr: a})
+	}
+	start := time.Now()
+	p.Sync(ctx, ts)
+	// Wait until skips prove the cap is being hit, then measure.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Skipped.Load() < 500 && time.Now().Before(deadline) {
+		<-time.After(10 * time.Millisecond)
+	}
+	cancel()
+	elapsed := time.Since(start)
+	var total int64
+	for _, n := range counters {
+		total += n.Load()
+	}
+	limit := int64(100*elapsed.Seconds()) + 20 // rate plus the burst
+	if total > limit {
+		t.Errorf("%d queries in %s, cap allows about %d", total, elapsed, limit)
+	}
+	if p.Skipped.Load() == 0 {
+		t.Errorf("no probe skipped although the cap is far below the schedule")
+	}
+}
