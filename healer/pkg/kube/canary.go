@@ -37,6 +37,9 @@ type canary struct {
 	// the apiserver may have stored them, so a replica answering one is not stale.
 	pending map[string]bool
 	history []pastValue // replaced values, oldest first
+	// knownSince is when this healer first learned a value. Older values it never saw (a
+	// previous leader's) may have been replaced just before: they get MaxLag from here.
+	knownSince time.Time
 }
 
 type pastValue struct {
@@ -81,9 +84,13 @@ func (c *canary) Accept(target string, at time.Time) (bool, string) {
 		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v): stale data, the replica's watch on the API is behind",
 			t, lag.Round(time.Millisecond), c.current, maxLag)
 	}
-	if n, ok := canaryCounter(t); ok && n > c.counter {
+	n, ok := canaryCounter(t)
+	if ok && n > c.counter {
 		// Written by the leader after this healer last read the Service: newer, so fresh.
 		return true, "answer is newer than the last canary value this healer saw"
+	}
+	if ok && at.Sub(c.knownSince) < maxLag {
+		return true, "answer predates this healer's first canary value; within max lag of learning it"
 	}
 	if t == "" {
 		return false, fmt.Sprintf("no CNAME answer for the canary %s (current %s)", c.question, c.current)
@@ -202,6 +209,8 @@ func (c *canary) confirm(svc *corev1.Service, n uint64) {
 	}
 	if c.current != "" {
 		c.history = append(c.history, pastValue{value: c.current, replacedAt: now})
+	} else {
+		c.knownSince = now
 	}
 	// Unconfirmed writes are older than this one: if they landed, they are replaced now.
 	for p := range c.pending {

@@ -171,8 +171,16 @@ func TestCanaryAdoptsExistingValue(t *testing.T) {
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "41-aaaaaa." + CanaryDomain}}
 	h, c := canaryHarness(t, old)
 	c.step(h.ctx)
-	if ok, why := c.Accept("41-aaaaaa."+CanaryDomain+".", h.clock.Now()); !ok {
+	adopted := h.clock.Now()
+	if ok, why := c.Accept("41-aaaaaa."+CanaryDomain+".", adopted); !ok {
 		t.Fatalf("adopted value rejected: %s", why)
+	}
+	// 40 may have been replaced by the previous leader a moment before: not stale yet.
+	if ok, why := c.Accept("40-bbbbbb."+CanaryDomain, adopted.Add(2*time.Second)); !ok {
+		t.Fatalf("previous leader's value rejected within max lag of adoption: %s", why)
+	}
+	if ok, _ := c.Accept("40-bbbbbb."+CanaryDomain, adopted.Add(3*time.Second)); ok {
+		t.Fatal("previous leader's value accepted beyond max lag of adoption")
 	}
 	c.step(h.ctx)
 	if v := h.canaryValue(); !strings.HasPrefix(v, "42-") {
