@@ -27,19 +27,20 @@ type container struct {
 	pod  *corev1.Pod // spec at start; a pod's containers are immutable
 	spec *corev1.Container
 
-	mu       sync.Mutex
-	proc     *process
-	started  metav1.Time
-	restarts int32
-	ready    bool
-	lastTerm *corev1.ContainerStateTerminated
-	curTerm  *corev1.ContainerStateTerminated
-	waiting  string
-	waitMsg  string
-	stopping bool
-	stopC    chan struct{}
-	doneC    chan struct{}
-	restartC chan struct{} // liveness failure
+	mu        sync.Mutex
+	proc      *process
+	started   metav1.Time
+	restarts  int32
+	ready     bool
+	lastTerm  *corev1.ContainerStateTerminated
+	curTerm   *corev1.ContainerStateTerminated
+	waiting   string
+	waitMsg   string
+	stopping  bool
+	stopGrace time.Duration
+	stopC     chan struct{}
+	doneC     chan struct{}
+	restartC  chan struct{} // liveness failure
 }
 
 func newContainer(r *podRunner, pod *corev1.Pod, spec *corev1.Container) *container {
@@ -146,7 +147,14 @@ func (c *container) run() {
 		}
 		cancelProbes()
 		if stopping {
-			return // stop() ends the process
+			c.mu.Lock()
+			grace := c.stopGrace
+			c.mu.Unlock()
+			p.stop(context.Background(), grace)
+			c.mu.Lock()
+			c.proc, c.ready, c.curTerm = nil, false, terminated(p, c.started)
+			c.mu.Unlock()
+			return
 		}
 		<-p.done
 		term := terminated(p, c.started)
@@ -201,15 +209,11 @@ func (c *container) grace() time.Duration {
 func (c *container) stop(grace time.Duration) {
 	c.mu.Lock()
 	if !c.stopping {
-		c.stopping = true
+		c.stopping, c.stopGrace = true, grace
 		close(c.stopC)
 	}
-	p := c.proc
 	c.mu.Unlock()
-	if p != nil {
-		p.stop(context.Background(), grace)
-	}
-	<-c.doneC
+	<-c.doneC // run() delivers SIGTERM/SIGKILL to whatever process it has, even one just started
 }
 
 func (c *container) pid() int {

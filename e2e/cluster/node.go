@@ -33,12 +33,13 @@ type Node struct {
 	lister  corelisters.PodLister
 	mu      sync.Mutex
 	pods    map[types.UID]*podRunner
+	done    map[types.UID]bool // finished runners: late events for them must not start a pod again
 	slot    int
 	stopped bool
 }
 
 func newNode(c *Cluster) *Node {
-	return &Node{Name: c.opts.NodeName, c: c, pods: map[types.UID]*podRunner{}}
+	return &Node{Name: c.opts.NodeName, c: c, pods: map[types.UID]*podRunner{}, done: map[types.UID]bool{}}
 }
 
 func (n *Node) start(ctx context.Context) error {
@@ -73,13 +74,13 @@ func (n *Node) start(ctx context.Context) error {
 	inf := factory.Core().V1().Pods()
 	n.lister = inf.Lister()
 	_, err = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { n.observe(obj) },
-		UpdateFunc: func(_, obj any) { n.observe(obj) },
+		AddFunc:    func(obj any) { n.observe(obj, true) },
+		UpdateFunc: func(_, obj any) { n.observe(obj, true) },
 		DeleteFunc: func(obj any) {
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
-			n.observe(obj)
+			n.observe(obj, false)
 		},
 	})
 	if err != nil {
@@ -139,7 +140,7 @@ func (n *Node) heartbeat() {
 }
 
 // observe hands a pod event to its runner, creating one for a new pod.
-func (n *Node) observe(obj any) {
+func (n *Node) observe(obj any, mayStart bool) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		return
@@ -151,6 +152,9 @@ func (n *Node) observe(obj any) {
 	}
 	r := n.pods[pod.UID]
 	if r == nil {
+		if !mayStart || n.done[pod.UID] {
+			return
+		}
 		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			return
 		}
@@ -163,6 +167,7 @@ func (n *Node) observe(obj any) {
 			r.run()
 			n.mu.Lock()
 			delete(n.pods, r.uid)
+			n.done[r.uid] = true
 			n.mu.Unlock()
 		}()
 	}

@@ -1,0 +1,85 @@
+package cluster
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// fakeRunner is a pod with one running container whose readiness the test sets.
+func fakeRunner(gates []string, ready bool) *podRunner {
+	c := &Cluster{opts: Options{InitialReadinessGates: gates}, Gateway: net.IPv4(198, 18, 1, 1)}
+	r := &podRunner{n: &Node{c: c}, net: &podNet{ip: net.IPv4(198, 18, 1, 2)}}
+	cmd := exec.Command("true")
+	cmd.Process = &os.Process{Pid: 4242}
+	r.containers = []*container{{r: r, spec: &corev1.Container{Name: "c"}, proc: &process{cmd: cmd, done: make(chan struct{})}, ready: ready}}
+	return r
+}
+
+func condStatus(st *corev1.PodStatus, t corev1.PodConditionType) corev1.ConditionStatus {
+	if c := findCondition(st.Conditions, t); c != nil {
+		return c.Status
+	}
+	return "absent"
+}
+
+func TestReadyNeedsReadinessGates(t *testing.T) {
+	const gate = corev1.PodConditionType("dnspulse.io/serving")
+	pod := func(gateStatus corev1.ConditionStatus) *corev1.Pod {
+		p := &corev1.Pod{Spec: corev1.PodSpec{ReadinessGates: []corev1.PodReadinessGate{{ConditionType: gate}}}}
+		if gateStatus != "" {
+			p.Status.Conditions = []corev1.PodCondition{{Type: gate, Status: gateStatus}}
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name      string
+		owned     []string
+		ready     bool
+		gate      corev1.ConditionStatus
+		wantReady corev1.ConditionStatus
+		wantGate  corev1.ConditionStatus
+		wantPodIP string
+	}{
+		{"gate absent, agent owns the initial value", []string{string(gate)}, true, "", corev1.ConditionTrue, corev1.ConditionTrue, "198.18.1.2"},
+		{"gate absent, left to the healer", []string{}, true, "", corev1.ConditionFalse, "absent", "198.18.1.2"},
+		{"gate False is never overridden", []string{string(gate)}, true, corev1.ConditionFalse, corev1.ConditionFalse, corev1.ConditionFalse, "198.18.1.2"},
+		{"gate True, container not ready", []string{string(gate)}, false, corev1.ConditionTrue, corev1.ConditionFalse, corev1.ConditionTrue, "198.18.1.2"},
+		{"gate True, container ready", nil, true, corev1.ConditionTrue, corev1.ConditionTrue, corev1.ConditionTrue, "198.18.1.2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := fakeRunner(tc.owned, tc.ready)
+			st := r.computeStatus(pod(tc.gate), nil)
+			if got := condStatus(st, corev1.PodReady); got != tc.wantReady {
+				t.Errorf("Ready = %s, want %s", got, tc.wantReady)
+			}
+			if got := condStatus(st, gate); got != tc.wantGate {
+				t.Errorf("%s = %s, want %s", gate, got, tc.wantGate)
+			}
+			if got := condStatus(st, corev1.ContainersReady); (got == corev1.ConditionTrue) != tc.ready {
+				t.Errorf("ContainersReady = %s with container ready %v", got, tc.ready)
+			}
+			if st.PodIP != tc.wantPodIP || st.Phase != corev1.PodRunning {
+				t.Errorf("podIP %q phase %s", st.PodIP, st.Phase)
+			}
+		})
+	}
+}
+
+func TestExpandVars(t *testing.T) {
+	vars := map[string]string{"POD_NAME": "coredns-1", "NS": "kube-system"}
+	for in, want := range map[string]string{
+		"--replica=$(POD_NAME)":   "--replica=coredns-1",
+		"$(NS)/$(POD_NAME)":       "kube-system/coredns-1",
+		"$(UNKNOWN) stays":        "$(UNKNOWN) stays",
+		"no refs":                 "no refs",
+		"unterminated $(POD_NAME": "unterminated $(POD_NAME",
+	} {
+		if got := expandVars(in, vars); got != want {
+			t.Errorf("expandVars(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
