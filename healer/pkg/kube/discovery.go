@@ -111,7 +111,7 @@ func (d *discovery) waitSynced(ctx context.Context) {
 			case <-d.synced:
 				return
 			case <-t.C():
-				d.m.log.Warn("still waiting for informer caches (check RBAC: pods list/watch, endpointslices list/watch)",
+				d.m.log.Warn("still waiting for informer caches (check the apiserver address and RBAC: pods list/watch, endpointslices list/watch)",
 					"namespace", d.m.cfg.Namespace, "selector", d.selector.String(), "service", d.m.cfg.Service)
 			}
 		}

@@ -44,7 +44,10 @@ func (m *Mode) runLeaderElection(ctx context.Context) error {
 					}
 				},
 				OnStoppedLeading: func() {
-					m.leader.Store(false)
+					// client-go calls this whenever Run returns, led or not.
+					if !m.leader.Swap(false) {
+						return
+					}
 					m.log.Info("leader election: stopped leading", "lease", ns+"/"+name, "identity", m.identity)
 					m.audit("leader", map[string]any{"identity": m.identity, "leader": false, "lease": ns + "/" + name})
 				},
