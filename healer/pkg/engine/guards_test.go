@@ -59,11 +59,17 @@ func TestGuards(t *testing.T) {
 		},
 		{
 			name: "blocked by a PDB: wait for RetryAfter", target: ts[1], states: healthyBut("b"), now: t0.Add(9 * time.Second), wait: true,
-			setup: func(g *guards) { g.start("b"); g.done(t0, "b", replica.Outcome{Result: "blocked", RetryAfter: 10 * time.Second}) },
+			setup: func(g *guards) {
+				g.start("b")
+				g.done(t0, "b", replica.Outcome{Result: "blocked", RetryAfter: 10 * time.Second})
+			},
 		},
 		{
 			name: "blocked by a PDB: retry after RetryAfter", target: ts[1], states: healthyBut("b"), now: t0.Add(11 * time.Second), act: true,
-			setup: func(g *guards) { g.start("b"); g.done(t0, "b", replica.Outcome{Result: "blocked", RetryAfter: 10 * time.Second}) },
+			setup: func(g *guards) {
+				g.start("b")
+				g.done(t0, "b", replica.Outcome{Result: "blocked", RetryAfter: 10 * time.Second})
+			},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -18,7 +18,7 @@ func validHB(seq uint64) *heartbeat.Heartbeat {
 	w := heartbeat.Window{Queries: 1, Rcodes: map[string]uint64{"NOERROR": 1}}
 	return &heartbeat.Heartbeat{
 		Version: 1, Replica: "r", Seq: seq, Time: time.Now(), Started: time.Now(),
-		Tick: heartbeat.Duration(20 * time.Millisecond),
+		Tick:    heartbeat.Duration(20 * time.Millisecond),
 		Windows: map[string]heartbeat.Window{"1s": w, "10s": w, "60s": w}, Verdict: heartbeat.VerdictHealthy,
 		SelfProbe: heartbeat.SelfProbe{OK: true, Rcode: "NOERROR", Time: time.Now()},
 	}

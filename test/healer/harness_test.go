@@ -1,0 +1,476 @@
+//go:build integration
+
+// Package healer_test runs the real healer binary in static mode against real custom
+// CoreDNS processes on loopback addresses, one test per fault-matrix row that needs no
+// Kubernetes, and asserts the verdicts and (dry-run) actions from the audit log.
+package healer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dnspulse/dnspulse/heartbeat"
+)
+
+var corednsBin, healerBin string
+
+func TestMain(m *testing.M) {
+	var err error
+	corednsBin, err = binary("COREDNS_BIN", "coredns")
+	if err == nil {
+		healerBin, err = binary("HEALER_BIN", "healer")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// binary finds a binary: the env var when set (it must exist), else _output/bin, built
+// with `make build` when missing.
+func binary(env, name string) (string, error) {
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", env, p, err)
+		}
+		return p, nil
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "_output", "bin", name)
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	cmd := exec.Command("make", "build")
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("make build for %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// freePort returns a port free for both UDP and TCP on ip.
+func freePort(t testing.TB, ip string) int {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// Upstream modes: what a replica's forward target does.
+const (
+	modeNormal int32 = iota
+	modeServfail
+	modeBlackhole
+	modeDelay
+	modeDifferent
+)
+
+// upstream is one replica's forward target, in-process, so a test switches its fault on
+// and off at an exact moment without touching CoreDNS.
+type upstream struct {
+	addr  string
+	mode  atomic.Int32
+	delay time.Duration
+
+	mu  sync.Mutex
+	srv *dns.Server
+}
+
+func newUpstream(t testing.TB) *upstream {
+	u := &upstream{delay: 80 * time.Millisecond}
+	u.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
+	u.start(t)
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *upstream) start(t testing.TB) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	pc, err := net.ListenPacket("udp", u.addr)
+	if err != nil {
+		t.Fatalf("upstream %s: %v", u.addr, err)
+	}
+	u.srv = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(u.serve)}
+	started := make(chan struct{})
+	u.srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = u.srv.ActivateAndServe() }()
+	<-started
+}
+
+// stop closes the socket: the port is dead (ICMP unreachable, forward's connection refused).
+func (u *upstream) stop() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.srv != nil {
+		_ = u.srv.Shutdown()
+		u.srv = nil
+	}
+}
+
+func (u *upstream) serve(w dns.ResponseWriter, r *dns.Msg) {
+	mode := u.mode.Load()
+	switch mode {
+	case modeBlackhole:
+		return
+	case modeDelay:
+		time.Sleep(u.delay)
+	}
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.RecursionAvailable = true
+	if mode == modeServfail {
+		m.Rcode = dns.RcodeServerFailure
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := r.Question[0]
+	ip := map[string]string{"probe.test.": "10.0.0.1", "selfcheck.test.": "10.0.0.2", "load.test.": "10.0.0.3"}[strings.ToLower(q.Name)]
+	switch {
+	case ip == "":
+		m.Rcode = dns.RcodeNameError
+	case q.Qtype == dns.TypeA:
+		if mode == modeDifferent && q.Name == "probe.test." {
+			ip = "10.0.0.99"
+		}
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.ParseIP(ip)})
+	}
+	_ = w.WriteMsg(m)
+}
+
+// replicaProc is one real custom CoreDNS process.
+type replicaProc struct {
+	name      string
+	ip        string
+	dnsAddr   string
+	pulseAddr string
+	up        *upstream
+	cmd       *exec.Cmd
+	stopped   atomic.Bool
+}
+
+const corefile = `.:%d {
+    bind %s
+    pulse %s {
+        tick 20ms
+        self_probe selfcheck.test. A
+        replica %s
+    }
+    forward . %s {
+        max_fails 0
+    }
+}
+`
+
+func startReplica(t testing.TB, name, ip string, up *upstream) *replicaProc {
+	t.Helper()
+	dir := t.TempDir()
+	port, pport := freePort(t, ip), freePort(t, ip)
+	r := &replicaProc{name: name, ip: ip, up: up,
+		dnsAddr: net.JoinHostPort(ip, strconv.Itoa(port)), pulseAddr: net.JoinHostPort(ip, strconv.Itoa(pport))}
+	conf := filepath.Join(dir, "Corefile")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(corefile, port, ip, r.pulseAddr, name, up.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "coredns.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd = exec.Command(corednsBin, "-conf", conf)
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = r.cmd.Process.Signal(syscall.SIGCONT) // a stopped process must not outlive the test
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("coredns %s log (tail):\n%s", name, tail(b, 2000))
+		}
+	})
+	waitFor(t, 30*time.Second, "replica "+name+" serving with a heartbeat", func() bool {
+		hb, err := r.heartbeat()
+		if err != nil || hb.Seq < 2 {
+			return false
+		}
+		m := new(dns.Msg)
+		m.SetQuestion("probe.test.", dns.TypeA)
+		resp, err := dns.Exchange(m, r.dnsAddr)
+		return err == nil && resp.Rcode == dns.RcodeSuccess && len(resp.Answer) == 1
+	})
+	return r
+}
+
+var pulseClient = &http.Client{Timeout: time.Second}
+
+func (r *replicaProc) heartbeat() (*heartbeat.Heartbeat, error) {
+	resp, err := pulseClient.Get("http://" + r.pulseAddr + heartbeat.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return heartbeat.Decode(resp.Body)
+}
+
+func (r *replicaProc) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("%s: %v", r.name, err)
+	}
+}
+
+func (r *replicaProc) target() string {
+	return fmt.Sprintf("%s=%s@%s", r.name, r.dnsAddr, r.pulseAddr)
+}
+
+// cluster is three replicas, each with its own upstream, and the healer watching them.
+type cluster struct {
+	replicas []*replicaProc
+	byName   map[string]*replicaProc
+	audit    *auditLog
+	healer   *exec.Cmd
+}
+
+func startCluster(t testing.TB, extraHealerArgs ...string) *cluster {
+	t.Helper()
+	// A random 127.0.0.x block per cluster: the addresses stay distinct between replicas.
+	base := 10 + rand.IntN(200)
+	c := &cluster{byName: map[string]*replicaProc{}}
+	for i, name := range []string{"dns-a", "dns-b", "dns-c"} {
+		ip := fmt.Sprintf("127.0.0.%d", base+i)
+		r := startReplica(t, name, ip, newUpstream(t))
+		c.replicas = append(c.replicas, r)
+		c.byName[name] = r
+	}
+	dir := t.TempDir()
+	auditPath := filepath.Join(dir, "audit.log")
+	args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", auditPath,
+		"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms",
+		"--cooldown", "0s", "--global-cooldown", "0s"}
+	for _, r := range c.replicas {
+		args = append(args, "--target", r.target())
+	}
+	args = append(args, extraHealerArgs...)
+	logf, err := os.Create(filepath.Join(dir, "healer.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.healer = exec.Command(healerBin, args...)
+	c.healer.Stdout, c.healer.Stderr = logf, logf
+	if err := c.healer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.audit = &auditLog{path: auditPath}
+	t.Cleanup(func() {
+		_ = c.healer.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.healer.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.healer.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("healer log (tail):\n%s", tail(b, 3000))
+			a, _ := os.ReadFile(auditPath)
+			t.Logf("audit log:\n%s", tail(a, 6000))
+		}
+	})
+	for _, r := range c.replicas {
+		c.audit.wait(t, 30*time.Second, r.name+" healthy", func(l line) bool {
+			return l.Event == "state" && l.Replica == r.name && l.To == "healthy"
+		})
+	}
+	return c
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// line is one audit line.
+type line struct {
+	Time    time.Time `json:"time"`
+	Event   string    `json:"event"`
+	Replica string    `json:"replica"`
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	Reasons []string  `json:"reasons"`
+	Action  string    `json:"action"`
+	DryRun  bool      `json:"dryRun"`
+	Result  string    `json:"result"`
+	Message string    `json:"message"`
+	raw     string
+}
+
+// auditLog tails the healer's audit file.
+type auditLog struct {
+	path   string
+	offset int64
+	buf    []byte
+	lines  []line
+}
+
+func (a *auditLog) read(t testing.TB) {
+	f, err := os.Open(a.path)
+	if os.IsNotExist(err) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(a.offset, 0); err != nil {
+		t.Fatal(err)
+	}
+	var chunk bytes.Buffer
+	n, _ := chunk.ReadFrom(f)
+	a.offset += n
+	a.buf = append(a.buf, chunk.Bytes()...)
+	for {
+		i := bytes.IndexByte(a.buf, '\n')
+		if i < 0 {
+			return
+		}
+		raw := a.buf[:i]
+		a.buf = a.buf[i+1:]
+		var l line
+		if err := json.Unmarshal(raw, &l); err != nil {
+			t.Fatalf("audit line is not JSON: %q: %v", raw, err)
+		}
+		if l.Event == "" {
+			t.Fatalf("audit line without event: %q", raw)
+		}
+		if l.Event == "state" || l.Event == "remediation" {
+			if !strings.Contains(string(raw), `"time":"`) {
+				t.Fatalf("audit line without time: %q", raw)
+			}
+		}
+		l.raw = string(raw)
+		a.lines = append(a.lines, l)
+	}
+}
+
+// wait returns the first line from the start of the log that matches.
+func (a *auditLog) wait(t testing.TB, within time.Duration, what string, match func(line) bool) line {
+	t.Helper()
+	return a.waitFrom(t, 0, within, what, match)
+}
+
+// waitFrom returns the first line at index from or later (see mark) that matches,
+// failing the test at the deadline.
+func (a *auditLog) waitFrom(t testing.TB, from int, within time.Duration, what string, match func(line) bool) line {
+	t.Helper()
+	var found line
+	waitFor(t, within, what, func() bool {
+		a.read(t)
+		for i := from; i < len(a.lines); i++ {
+			if match(a.lines[i]) {
+				found = a.lines[i]
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// mark is the index of the next line, to look only at what follows.
+func (a *auditLog) mark(t testing.TB) int {
+	a.read(t)
+	return len(a.lines)
+}
+
+// from returns the lines at index i or later.
+func (a *auditLog) from(t testing.TB, i int) []line {
+	a.read(t)
+	return a.lines[i:]
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		<-tick.C
+	}
+}
+
+// load sends queries for names from gen to addr at about qps until ctx ends.
+func load(ctx context.Context, addr string, qps, workers int, gen func(i int) string) *atomic.Int64 {
+	var sent atomic.Int64
+	per := time.Duration(float64(time.Second) * float64(workers) / float64(qps))
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			c := &dns.Client{Timeout: 500 * time.Millisecond}
+			conn, err := c.Dial(addr)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			tick := time.NewTicker(per)
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				m := new(dns.Msg)
+				m.SetQuestion(gen(w*1_000_000+i), dns.TypeA)
+				_, _, _ = c.ExchangeWithConnContext(ctx, m, conn)
+				sent.Add(1)
+			}
+		}(w)
+	}
+	return &sent
+}

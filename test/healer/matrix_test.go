@@ -1,0 +1,182 @@
+//go:build integration
+
+package healer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dnspulse/dnspulse/heartbeat"
+)
+
+// The fault-matrix rows of DESIGN.md that need no Kubernetes, each against three real
+// custom CoreDNS processes and the real healer in static mode with --dry-run.
+
+const verdictWithin = 20 * time.Second
+
+func isState(replica, to string) func(line) bool {
+	return func(l line) bool { return l.Event == "state" && l.Replica == replica && l.To == to }
+}
+
+// expectDegradedAndDryRun waits for the victim's degraded line and its dry-run
+// remediation line, and checks no other replica was judged degraded.
+func expectDegradedAndDryRun(t *testing.T, c *cluster, mark int, victim string) line {
+	t.Helper()
+	deg := c.audit.waitFrom(t, mark, verdictWithin, victim+" degraded", isState(victim, "degraded"))
+	if len(deg.Reasons) == 0 {
+		t.Errorf("degraded without reasons: %s", deg.raw)
+	}
+	rem := c.audit.waitFrom(t, mark, verdictWithin, victim+" dry-run remediation", func(l line) bool {
+		return l.Event == "remediation" && l.Replica == victim
+	})
+	if !rem.DryRun || rem.Result != "dry-run" || rem.Action == "" {
+		t.Errorf("want a dry-run remediation, got %s", rem.raw)
+	}
+	for _, l := range c.audit.from(t, mark) {
+		if l.Event == "state" && l.To == "degraded" && l.Replica != victim {
+			t.Errorf("a healthy peer was judged degraded: %s", l.raw)
+		}
+		if l.Event == "remediation" && l.Replica != victim {
+			t.Errorf("remediation of a peer: %s", l.raw)
+		}
+	}
+	t.Logf("verdict: %s", deg.raw)
+	return deg
+}
+
+// expectNoDegradedNoRemediation checks nothing after mark degraded any replica or acted.
+func expectNoDegradedNoRemediation(t *testing.T, c *cluster, mark int) {
+	t.Helper()
+	for _, l := range c.audit.from(t, mark) {
+		if l.Event == "state" && l.To == "degraded" {
+			t.Errorf("degraded verdict: %s", l.raw)
+		}
+		if l.Event == "remediation" {
+			t.Errorf("remediation: %s", l.raw)
+		}
+	}
+}
+
+func TestHungProcess(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].signal(t, syscall.SIGSTOP) // the cleanup sends SIGCONT
+	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
+	if !strings.Contains(strings.Join(deg.Reasons, " "), "timeout") {
+		t.Errorf("want probe timeouts among the reasons: %v", deg.Reasons)
+	}
+}
+
+func TestServingPathStuckHTTPAlive(t *testing.T) {
+	c := startCluster(t)
+	b := c.byName["dns-b"]
+	mark := c.audit.mark(t)
+	b.up.mode.Store(modeBlackhole) // queries (and the self-probe) hang; /pulse still answers
+	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
+	if _, err := b.heartbeat(); err != nil {
+		t.Errorf("the pulse listener was meant to stay alive: %v", err)
+	}
+	if !strings.Contains(strings.Join(deg.Reasons, " "), "self-probe") && !strings.Contains(strings.Join(deg.Reasons, " "), "stale") {
+		t.Logf("note: internal reason is %v", deg.Reasons)
+	}
+}
+
+func TestUpstreamFailingOnOneReplica(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].up.stop() // its forward now goes to a dead loopback port: SERVFAIL
+	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
+	if !strings.Contains(strings.Join(deg.Reasons, " "), "SERVFAIL") {
+		t.Errorf("want SERVFAIL among the reasons: %v", deg.Reasons)
+	}
+}
+
+func TestOneReplicaSlower(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].up.mode.Store(modeDelay) // +80 ms on every forwarded query of dns-b
+	expectDegradedAndDryRun(t, c, mark, "dns-b")
+}
+
+func TestOneReplicaAnswersDifferently(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].up.mode.Store(modeDifferent)
+	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
+	if !strings.Contains(strings.Join(deg.Reasons, " "), "majority") {
+		t.Errorf("want the majority disagreement among the reasons: %v", deg.Reasons)
+	}
+}
+
+func expectGlobal(t *testing.T, c *cluster, mark int) {
+	t.Helper()
+	for _, r := range c.replicas {
+		c.audit.waitFrom(t, mark, verdictWithin, r.name+" global", isState(r.name, "global"))
+	}
+	c.audit.waitFrom(t, mark, verdictWithin, "the global alert line", func(l line) bool { return l.Event == "global" })
+	expectNoDegradedNoRemediation(t, c, mark)
+}
+
+func TestEveryReplicaFailingTheSameWay(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	for _, r := range c.replicas {
+		r.up.mode.Store(modeServfail) // an upstream outage seen by everyone
+	}
+	expectGlobal(t, c, mark)
+}
+
+func TestHealerCutOffFromAll(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	for _, r := range c.replicas {
+		r.signal(t, syscall.SIGSTOP)
+	}
+	expectGlobal(t, c, mark)
+}
+
+// holdUnderLoad runs load against one replica until its heartbeat shows it (cond), keeps
+// it up for hold, then checks no verdict worse than suspect and no action.
+func holdUnderLoad(t *testing.T, c *cluster, victim string, qps int, gen func(int) string, cond func(heartbeat.Window) bool, what string) {
+	t.Helper()
+	v := c.byName[victim]
+	mark := c.audit.mark(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sent := load(ctx, v.dnsAddr, qps, 8, gen)
+	waitFor(t, verdictWithin, what, func() bool {
+		hb, err := v.heartbeat()
+		return err == nil && cond(hb.Windows[heartbeat.Window1s])
+	})
+	// Let the healer judge a few seconds of it: the observable end is the heartbeat's
+	// 1s window staying loaded over successive heartbeats.
+	start, _ := v.heartbeat()
+	waitFor(t, verdictWithin, "3 s of load", func() bool {
+		hb, err := v.heartbeat()
+		return err == nil && time.Duration(hb.Seq-start.Seq)*time.Duration(hb.Tick) >= 3*time.Second && cond(hb.Windows[heartbeat.Window1s])
+	})
+	cancel()
+	t.Logf("%d queries sent to %s", sent.Load(), victim)
+	expectNoDegradedNoRemediation(t, c, mark)
+	for _, l := range c.audit.from(t, mark) {
+		if l.Event == "state" && l.To == "global" {
+			t.Errorf("global verdict under load: %s", l.raw)
+		}
+	}
+}
+
+func TestNXDOMAINStormAtOneReplica(t *testing.T) {
+	c := startCluster(t)
+	holdUnderLoad(t, c, "dns-b", 3000, func(i int) string { return fmt.Sprintf("n%d.nx.test.", i) },
+		func(w heartbeat.Window) bool { return w.NXDomainRatio > 0.5 }, "an NXDOMAIN ratio above 0.5 at dns-b")
+}
+
+func TestHeavyNormalLoadOnOneReplica(t *testing.T) {
+	c := startCluster(t)
+	holdUnderLoad(t, c, "dns-b", 4000, func(int) string { return "load.test." },
+		func(w heartbeat.Window) bool { return w.Queries > 1500 }, "over 1500 queries a second at dns-b")
+}
