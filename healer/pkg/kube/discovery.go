@@ -142,6 +142,10 @@ func (d *discovery) pod(name string) *corev1.Pod {
 }
 
 func (d *discovery) rebuild() {
+	// Listing under the lock: two handlers rebuilding at once must not let the older
+	// listing overwrite the newer snapshot.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	pods, err := d.pods.Pods(d.m.cfg.Namespace).List(d.selector)
 	if err != nil {
 		d.m.log.Error("listing cached pods", "namespace", d.m.cfg.Namespace, "err", err)
@@ -154,8 +158,6 @@ func (d *discovery) rebuild() {
 	}
 	ports, defPort := dnsPorts(slices)
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	targets := make([]replica.Target, 0, len(pods))
 	for _, p := range pods {
 		if p.Status.PodIP == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
