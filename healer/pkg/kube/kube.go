@@ -183,6 +183,9 @@ func (c Config) validate() error {
 	if c.Namespace == "" {
 		errs = append(errs, errors.New("kubernetes mode: --namespace must not be empty"))
 	}
+	if c.Service == "" {
+		errs = append(errs, errors.New("kubernetes mode: --service must not be empty"))
+	}
 	if c.PulsePort < 0 || c.PulsePort > 65535 {
 		errs = append(errs, fmt.Errorf("kubernetes mode: --pulse-port %d out of range 0..65535", c.PulsePort))
 	}
