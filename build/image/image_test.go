@@ -28,7 +28,7 @@ import (
 )
 
 const (
-	envImagesDir = "IMAGES_DIR"   // where NAME.tar lie; default ../../_output/images
+	envImagesDir = "IMAGES_DIR"         // where NAME.tar lie; default ../../_output/images
 	envLaunch    = "DNSPULSE_CAPLAUNCH" // set when this test binary is re-executed as the launcher
 	nonroot      = 65532
 )
