@@ -36,6 +36,10 @@ type canary struct {
 	// pending are values whose write had an unknown outcome (timeout, connection lost):
 	// the apiserver may have stored them, so a replica answering one is not stale.
 	pending map[string]bool
+	// next is the value being written; it is retried as is until confirmed, so an API
+	// outage leaves at most one pending value however long it lasts.
+	next  string
+	nextN uint64
 	history []pastValue // replaced values, oldest first
 	// knownSince is when this healer first learned a value. Older values it never saw (a
 	// previous leader's) may have been replaced just before: they get MaxLag from here.
@@ -177,7 +181,12 @@ func (c *canary) advance(ctx context.Context) error {
 	c.mu.Lock()
 	svc := c.svc.DeepCopy()
 	c.mu.Unlock()
-	name, n := c.nextValue()
+	c.mu.Lock()
+	if c.next == "" {
+		c.next, c.nextN = c.nextValueLocked()
+	}
+	name, n := c.next, c.nextN
+	c.mu.Unlock()
 	svc.Spec.ExternalName = name
 	updated, err := c.m.client.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{})
 	if err != nil {
@@ -204,6 +213,7 @@ func (c *canary) confirm(svc *corev1.Service, n uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.svc = svc
+	c.next, c.nextN = "", 0
 	if v == c.current {
 		return
 	}
@@ -270,8 +280,12 @@ func (c *canary) fail(op string, err error) {
 // across leaders, the random part keeps two healers from ever writing the same name.
 func (c *canary) nextValue() (string, uint64) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nextValueLocked()
+}
+
+func (c *canary) nextValueLocked() (string, uint64) {
 	n := c.counter + 1
-	c.mu.Unlock()
 	return fmt.Sprintf("%d-%s.%s", n, randomSuffix(3), CanaryDomain), n
 }
 

@@ -262,14 +262,14 @@ func (m *Mode) Identity() string { return m.identity }
 
 // Run starts the informers, the event sink, leader election and (while leading) the canary
 // rotation, and returns when ctx ends. It returns an error only when something cannot start.
-func (m *Mode) Run(ctx context.Context) error {
+func (m *Mode) Run(parent context.Context) error {
 	if m.broadcaster != nil {
-		if err := m.broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		if err := m.broadcaster.StartRecordingToSinkWithContext(parent); err != nil {
 			return fmt.Errorf("starting the event sink: %w", err)
 		}
 		defer m.broadcaster.Shutdown()
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
@@ -302,6 +302,9 @@ func (m *Mode) Run(ctx context.Context) error {
 		cancel() // one part failed to start: stop the others rather than run half a healer
 	}
 	wg.Wait()
+	if parent.Err() != nil {
+		return nil // shutdown, not failure: parts that stopped early say so because of it
+	}
 	return err
 }
 
