@@ -134,6 +134,7 @@ func (r *runner) janitor(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			r.hub.clock.calibrate()
 			r.hub.store.prepare(r.hub.now())
 		}
 	}

@@ -31,28 +31,31 @@ type Pulse struct {
 	// self-probe puts no load on upstreams.
 	probeName   string
 	answerProbe bool
+	// traced is set when the server block has the trace plugin; only then can a span be
+	// in the context, and looking for one costs a walk up the context chain per query.
+	traced bool
 }
 
 // ServeDNS implements plugin.Handler.
 //
-// Hot path: no lock and no allocation (the recorder is pooled). Two clock reads, a shard
-// lookup and a few uncontended atomic adds; BenchmarkServeDNS in bench_test.go measures
+// Hot path: no lock and no allocation (the recorder is pooled). Two reads of the CPU's
+// time-stamp counter, a shard lookup and a few uncontended atomic adds; BenchmarkServeDNS in bench_test.go measures
 // it against the same chain without pulse (see BENCHMARKS.md).
 func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
 		return p.serveProbe(ctx, w, r)
 	}
-	start := nanotime()
+	start := ticks()
 	rw := getRecorder(w)
 	status, err := p.next(ctx, rw, r)
-	end := nanotime()
+	end := ticks()
 	kind := outcome(rw.wrote, rw.rcode, status)
 	var source uint32
 	if kind == dns.RcodeServerFailure {
 		source = sourceHash(w.RemoteAddr())
 	}
 	putRecorder(rw)
-	p.hub.store.record(shardHint(), time.Duration(end-p.hub.base), time.Duration(end-start), kind, source)
+	p.hub.store.record(shardHint(), p.hub.clock.since(end), p.hub.clock.elapsed(start, end), kind, source)
 	return status, err
 }
 
@@ -64,7 +67,7 @@ func (p *Pulse) Name() string { return "pulse" }
 // right after pulse is prometheus, whose own recorder does that tracking, so pulse calls
 // it directly, and goes through NextOrFailure only when a trace span wants a child.
 func (p *Pulse) next(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if p.Next == nil || ot.SpanFromContext(ctx) != nil {
+	if p.Next == nil || (p.traced && ot.SpanFromContext(ctx) != nil) {
 		return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
 	}
 	return p.Next.ServeDNS(ctx, w, r)
@@ -97,7 +100,7 @@ func (p *Pulse) serveProbe(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 // tick counter and start time, so a reload neither resets the windows nor sends seq back.
 type hub struct {
 	addr    string
-	base    int64 // nanotime at creation; store times are relative to it
+	clock   *clock // store times are relative to its creation
 	started time.Time
 	store   *store
 	seq     atomic.Uint64
@@ -105,7 +108,7 @@ type hub struct {
 	probeID atomic.Uint32
 }
 
-func (h *hub) now() time.Duration { return time.Duration(nanotime() - h.base) }
+func (h *hub) now() time.Duration { return h.clock.now() }
 
 var (
 	hubsMu sync.Mutex
@@ -119,7 +122,7 @@ func hubFor(addr string, shards int) *hub {
 	if h, ok := hubs[addr]; ok {
 		return h
 	}
-	h := &hub{addr: addr, base: nanotime(), started: time.Now().UTC(), store: newStore(shards)}
+	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards)}
 	h.store.prepare(0)
 	hubs[addr] = h
 	return h

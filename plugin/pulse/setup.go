@@ -51,6 +51,7 @@ func setup(c *caddy.Controller) error {
 		}
 		return r.start()
 	}
+	c.OnStartup(func() error { p.traced = srvCfg.Handler("trace") != nil; return nil })
 	runners.Set(cfg.addr, startRunner)
 	c.OnStartup(func() error { return runners.ForEach() })
 	c.OnRestartFailed(func() error { runners.Set(cfg.addr, startRunner); return runners.ForEach() })

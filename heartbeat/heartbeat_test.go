@@ -1,0 +1,86 @@
+package heartbeat
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func valid() *Heartbeat {
+	w := Window{Rcodes: map[string]uint64{"NOERROR": 3}, Queries: 3}
+	return &Heartbeat{Version: 1, Replica: "r", Seq: 4, Time: time.Unix(1700000000, 5).UTC(), Started: time.Unix(1699999999, 0).UTC(),
+		Tick: Duration(100 * time.Millisecond), Windows: map[string]Window{"1s": w, "10s": w, "60s": w},
+		SelfProbe: SelfProbe{OK: true, Rcode: "NOERROR"}, Verdict: "healthy", Reasons: []string{}}
+}
+
+func TestRoundTrip(t *testing.T) {
+	b, err := json.Marshal(valid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"version":1`, `"seq":4`, `"windows":{`, `"latencyMicros":{"p50":0`, `"rcodeEntropy":0`, `"nxdomainRatio":0`,
+		`"servfailRatio":0`, `"servfailSourceEntropy":0`, `"selfProbe":{"ok":true,"rcode":"NOERROR","latencyMicros":0,"time":`, `"verdict":"healthy"`, `"reasons":[]`, `"tick":"100ms"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("encoded heartbeat lacks %s: %s", key, b)
+		}
+	}
+	hb, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hb.Seq != 4 || time.Duration(hb.Tick) != 100*time.Millisecond || !hb.Time.Equal(valid().Time) {
+		t.Fatalf("round trip: %+v", hb)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	mutate := func(f func(*Heartbeat)) string {
+		hb := valid()
+		f(hb)
+		b, _ := json.Marshal(hb)
+		return string(b)
+	}
+	tests := []struct {
+		name, body, want string
+		foreign          bool
+	}{
+		{"not JSON", "<html>", "malformed JSON", false},
+		{"foreign JSON", `{"status":"ok"}`, "version 0", true},
+		{"version 2", mutate(func(h *Heartbeat) { h.Version = 2 }), "version 2", true},
+		{"no time", mutate(func(h *Heartbeat) { h.Time = time.Time{} }), "no time", true},
+		{"missing window", mutate(func(h *Heartbeat) { delete(h.Windows, "60s") }), `window "60s" missing`, true},
+		{"bad verdict", mutate(func(h *Heartbeat) { h.Verdict = "fine" }), `verdict "fine"`, false},
+		{"ratio out of range", mutate(func(h *Heartbeat) { w := h.Windows["1s"]; w.ServfailRatio = 2; h.Windows["1s"] = w }), "servfailRatio 2 out of [0,1]", false},
+		{"negative entropy", mutate(func(h *Heartbeat) { w := h.Windows["10s"]; w.RcodeEntropy = -1; h.Windows["10s"] = w }), "rcodeEntropy -1", false},
+		{"bad tick", strings.Replace(mutate(func(*Heartbeat) {}), `"100ms"`, `"soon"`, 1), "duration", false},
+		{"too large", `{"replica":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, "larger than", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader(tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			if errors.Is(err, ErrForeign) != tc.foreign {
+				t.Fatalf("errors.Is(err, ErrForeign) = %v, want %v", !tc.foreign, tc.foreign)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	b, _ := json.Marshal(valid())
+	f.Add(b)
+	f.Add([]byte(`{"version":1}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		hb, err := Parse(body)
+		if err == nil {
+			if hb.Version != Version || len(hb.Windows) < 3 {
+				t.Fatalf("accepted %q as %+v", body, hb)
+			}
+		}
+	})
+}
