@@ -17,7 +17,6 @@ package detect
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -184,6 +183,13 @@ type Detector struct {
 	th       Thresholds
 	checks   []probe.Check
 	replicas map[string]*replicaData
+
+	majority map[int]*majorityCache
+
+	// Reused by Evaluate to keep it allocation-free.
+	names []string
+	ext   []external
+	pe    peers
 }
 
 // New makes a detector for the given checks (indexed as probe.Result.Check).
@@ -211,6 +217,7 @@ func (d *Detector) SetTargets(targets []replica.Target) {
 			delete(d.replicas, name)
 		}
 	}
+	d.names = d.names[:0] // rebuilt by Evaluate
 }
 
 // State returns a replica's current state (Unknown for one not known).
@@ -245,9 +252,13 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	case res.Failure != "":
 		o.why = d.checkName(res.Check) + ": " + res.Failure
 	}
+	// Keep the results ordered by send time: a timeout arrives after later successes.
 	r.probes = append(r.probes, o)
-	if max := 4 * d.th.RecentProbes; len(r.probes) > max {
-		r.probes = append(r.probes[:0], r.probes[len(r.probes)-max:]...)
+	for i := len(r.probes) - 1; i > 0 && r.probes[i].sent.Before(r.probes[i-1].sent); i-- {
+		r.probes[i], r.probes[i-1] = r.probes[i-1], r.probes[i]
+	}
+	if keep := 4 * d.th.RecentProbes; len(r.probes) > 2*keep {
+		r.probes = append(r.probes[:0], r.probes[len(r.probes)-keep:]...)
 	}
 	if !o.ok {
 		return
@@ -277,25 +288,23 @@ func (d *Detector) checkName(i int) string {
 }
 
 // observeAnswer compares a replica's answer with the majority of every replica's latest
-// answer to the same check (answers older than the window are not counted).
+// answer to the same check (answers older than the window are not counted). The majority
+// is cached for a few milliseconds while answers agree with it: recounting it on every
+// result would cost O(replicas) per probe.
 func (d *Detector) observeAnswer(r *replicaData, res probe.Result) {
 	r.answers[res.Check] = answerObs{key: res.AnswerKey, at: res.Sent}
-	counts := map[string]int{}
-	n := 0
-	for _, p := range d.replicas {
-		a, ok := p.answers[res.Check]
-		if !ok || !p.target.Ready && p != r || res.Sent.Sub(a.at) > d.th.Window {
-			continue
-		}
-		counts[a.key]++
-		n++
+	if d.majority == nil {
+		d.majority = map[int]*majorityCache{}
 	}
-	majority, best := "", 0
-	for k, c := range counts {
-		if c > best || c == best && k < majority {
-			majority, best = k, c
-		}
+	mc := d.majority[res.Check]
+	if mc == nil {
+		mc = &majorityCache{}
+		d.majority[res.Check] = mc
 	}
+	if res.AnswerKey != mc.key || res.Sent.Sub(mc.at) > majorityCacheFor || res.Sent.Before(mc.at) {
+		d.countMajority(mc, res.Check, res.Sent)
+	}
+	majority, best, n := mc.key, mc.count, mc.n
 	if n < 3 || 2*best <= n || res.AnswerKey == majority {
 		r.mismatch[res.Check] = 0
 		if d.mismatches(r) == 0 {
@@ -309,6 +318,35 @@ func (d *Detector) observeAnswer(r *replicaData, res probe.Result) {
 	r.mismatch[res.Check]++
 	r.mismatchWhy = fmt.Sprintf("%s: answer [%s] differs from the majority [%s] (%d of %d replicas)",
 		d.checkName(res.Check), oneLine(res.AnswerKey), oneLine(majority), best, n)
+}
+
+// majorityCacheFor is how long a counted majority is reused while answers agree with it.
+const majorityCacheFor = 10 * time.Millisecond
+
+type majorityCache struct {
+	key      string
+	count, n int
+	at       time.Time
+}
+
+func (d *Detector) countMajority(mc *majorityCache, check int, now time.Time) {
+	counts := map[string]int{}
+	n := 0
+	for _, p := range d.replicas {
+		a, ok := p.answers[check]
+		if !ok || !p.target.Ready || now.Sub(a.at) > d.th.Window {
+			continue
+		}
+		counts[a.key]++
+		n++
+	}
+	majority, best := "", 0
+	for k, c := range counts {
+		if c > best || c == best && k < majority {
+			majority, best = k, c
+		}
+	}
+	*mc = majorityCache{key: majority, count: best, n: n, at: now}
 }
 
 func oneLine(key string) string { return strings.ReplaceAll(key, "\n", "; ") }
@@ -350,22 +388,21 @@ type external struct {
 	recovered bool
 	anyFail   bool
 	latency   time.Duration // median of recent successful probes; 0 if < 2
-	last      []probeObs    // the RecentProbes latest, by send time
+	last      []probeObs    // the RecentProbes latest, by send time (shares r.probes)
 }
 
+// external judges the probes; it allocates only when it has a reason to give.
 func (d *Detector) external(r *replicaData, now time.Time) external {
 	var e external
-	recent := make([]probeObs, 0, len(r.probes))
-	for _, o := range r.probes {
-		if now.Sub(o.sent) <= d.th.Window {
-			recent = append(recent, o)
-		}
+	i0 := len(r.probes)
+	for i0 > 0 && now.Sub(r.probes[i0-1].sent) <= d.th.Window {
+		i0--
 	}
+	recent := r.probes[i0:]
 	if len(recent) == 0 {
 		return e
 	}
 	e.known = true
-	sort.SliceStable(recent, func(i, j int) bool { return recent[i].sent.Before(recent[j].sent) })
 	for _, o := range recent {
 		if o.ok && o.sent.After(e.lastOK) {
 			e.lastOK = o.sent
@@ -374,10 +411,12 @@ func (d *Detector) external(r *replicaData, now time.Time) external {
 	last := recent[max(0, len(recent)-d.th.RecentProbes):]
 	e.last = last
 	fails := 0
-	var lats []time.Duration
+	var lats [64]time.Duration
+	nl := 0
 	for _, o := range last {
 		if o.ok {
-			lats = append(lats, o.latency)
+			lats[nl] = o.latency
+			nl++
 			continue
 		}
 		fails++
@@ -395,8 +434,10 @@ func (d *Detector) external(r *replicaData, now time.Time) external {
 	for _, o := range tail {
 		e.recovered = e.recovered && o.ok
 	}
-	if len(lats) >= 2 {
-		e.latency = median(lats)
+	if nl >= 2 {
+		l := lats[:nl]
+		slices.Sort(l)
+		e.latency = l[nl/2]
 	}
 	return e
 }
@@ -410,7 +451,68 @@ type internal struct {
 	suspect []string
 }
 
-func (d *Detector) internal(r *replicaData, peers []*replicaData) internal {
+// sortedVals holds one value per ready replica, sorted, to take the median of a
+// replica's peers (all but itself) in O(log n).
+type sortedVals []float64
+
+// peerMedian is the median of the values without one occurrence of own (when self is
+// among them); ok is false when no peer has a value.
+func (s sortedVals) peerMedian(own float64, self bool) (float64, bool) {
+	m := len(s)
+	if self {
+		m--
+	}
+	if m <= 0 {
+		return 0, false
+	}
+	j := m / 2
+	if !self {
+		return s[j], true
+	}
+	k, _ := slices.BinarySearch(s, own)
+	if j < k {
+		return s[j], true
+	}
+	return s[j+1], true
+}
+
+// top2 keeps the two latest times with their replicas, to find the latest among a
+// replica's peers in O(1).
+type top2 struct {
+	t1, t2 time.Time
+	n1     string
+}
+
+func (t *top2) add(name string, at time.Time) {
+	switch {
+	case at.After(t.t1):
+		t.t2, t.t1, t.n1 = t.t1, at, name
+	case at.After(t.t2):
+		t.t2 = at
+	}
+}
+
+// latestExcept is the latest time of a replica other than name.
+func (t *top2) latestExcept(name string) time.Time {
+	if t.n1 == name {
+		return t.t2
+	}
+	return t.t1
+}
+
+// peers is what every replica is compared with, computed once per evaluation.
+type peers struct {
+	probeLat          sortedVals // recent probe latency (ns) of ready replicas with one
+	servfail, nx, p99 sortedVals // 1s window of ready replicas with a current heartbeat
+	healthyOK         top2       // lastOK of ready replicas whose probes are fine
+	canaryOK          top2       // canaryOKAt of ready replicas whose canary is fresh
+}
+
+func hbCurrent(r *replicaData) bool {
+	return r.lastHB != nil && r.pulse != nil && r.pulse.Kind == pulsereader.OK
+}
+
+func (d *Detector) internal(r *replicaData, pe *peers) internal {
 	var in internal
 	if r.target.PulseAddr == "" {
 		in.known, in.gone = true, true
@@ -451,29 +553,20 @@ func (d *Detector) internal(r *replicaData, peers []*replicaData) internal {
 		in.reasons = append(in.reasons, "pulse verdict degraded: "+strings.Join(hb.Reasons, "; "))
 	}
 	w := hb.Windows[heartbeat.Window1s]
-	var sf, nx, p99 []float64
-	for _, p := range peers {
-		if p.lastHB == nil || p.pulse == nil || p.pulse.Kind != pulsereader.OK {
-			continue
-		}
-		pw := p.lastHB.Windows[heartbeat.Window1s]
-		sf = append(sf, pw.ServfailRatio)
-		nx = append(nx, pw.NXDomainRatio)
-		p99 = append(p99, float64(pw.LatencyMicros.P99))
+	self := r.target.Ready // only ready replicas are in the peer lists
+	if m, ok := pe.servfail.peerMedian(w.ServfailRatio, self); ok && w.Rcodes["SERVFAIL"] > 0 && w.ServfailRatio > m+d.th.ServfailMargin {
+		in.failing = true
+		in.reasons = append(in.reasons, fmt.Sprintf("servfail ratio %.3f vs peers %.3f", w.ServfailRatio, m))
 	}
-	if len(sf) > 0 {
-		if m := medianF(sf); w.Rcodes["SERVFAIL"] > 0 && w.ServfailRatio > m+d.th.ServfailMargin {
-			in.failing = true
-			in.reasons = append(in.reasons, fmt.Sprintf("servfail ratio %.3f vs peers %.3f", w.ServfailRatio, m))
-		}
-		if m := medianF(nx); w.NXDomainRatio > m+d.th.NXDomainMargin {
-			in.suspect = append(in.suspect, fmt.Sprintf("nxdomain ratio %.2f vs peers %.2f", w.NXDomainRatio, m))
-		}
-		m := time.Duration(medianF(p99)) * time.Microsecond
+	if m, ok := pe.nx.peerMedian(w.NXDomainRatio, self); ok && w.NXDomainRatio > m+d.th.NXDomainMargin {
+		in.suspect = append(in.suspect, fmt.Sprintf("nxdomain ratio %.2f vs peers %.2f", w.NXDomainRatio, m))
+	}
+	if m, ok := pe.p99.peerMedian(float64(w.LatencyMicros.P99), self); ok {
+		peer := time.Duration(m) * time.Microsecond
 		own := time.Duration(w.LatencyMicros.P99) * time.Microsecond
-		if d.outlier(own, m) {
+		if d.outlier(own, peer) {
 			in.failing = true
-			in.reasons = append(in.reasons, fmt.Sprintf("p99 %s vs peers %s", own.Round(time.Millisecond), m.Round(time.Millisecond)))
+			in.reasons = append(in.reasons, fmt.Sprintf("p99 %s vs peers %s", own.Round(time.Millisecond), peer.Round(time.Millisecond)))
 		}
 	}
 	return in
@@ -491,32 +584,56 @@ func errString(err error) string {
 }
 
 // Evaluate judges every replica at 'now' and returns the transitions, sorted by replica.
+// It costs O(n log n) for n replicas and allocates only for reasons, so the engine can call
+// it on every burst of results.
 func (d *Detector) Evaluate(now time.Time) []Transition {
-	names := make([]string, 0, len(d.replicas))
-	for n := range d.replicas {
-		names = append(names, n)
+	if len(d.names) != len(d.replicas) {
+		d.names = d.names[:0]
+		for n := range d.replicas {
+			d.names = append(d.names, n)
+		}
+		slices.Sort(d.names)
 	}
-	sort.Strings(names)
-	ext := make(map[string]external, len(names))
-	for _, n := range names {
-		ext[n] = d.external(d.replicas[n], now)
+	names := d.names
+	if cap(d.ext) < len(names) {
+		d.ext = make([]external, len(names))
 	}
+	ext := d.ext[:len(names)]
+	var pe peers
+	pe.probeLat, pe.servfail, pe.nx, pe.p99 = d.pe.probeLat[:0], d.pe.servfail[:0], d.pe.nx[:0], d.pe.p99[:0]
+	for i, n := range names {
+		r := d.replicas[n]
+		ext[i] = d.external(r, now)
+		if !r.target.Ready {
+			continue
+		}
+		if ext[i].latency > 0 {
+			pe.probeLat = append(pe.probeLat, float64(ext[i].latency))
+		}
+		if hbCurrent(r) {
+			w := r.lastHB.Windows[heartbeat.Window1s]
+			pe.servfail = append(pe.servfail, w.ServfailRatio)
+			pe.nx = append(pe.nx, w.NXDomainRatio)
+			pe.p99 = append(pe.p99, float64(w.LatencyMicros.P99))
+		}
+	}
+	for _, s := range []sortedVals{pe.probeLat, pe.servfail, pe.nx, pe.p99} {
+		slices.Sort(s)
+	}
+	d.pe = pe
+
 	// Latency outliers against the peers' median of recent probe latency.
-	for _, n := range names {
-		e := ext[n]
+	for i, n := range names {
+		e := &ext[i]
+		r := d.replicas[n]
 		if e.latency == 0 {
 			continue
 		}
-		var peerLat []time.Duration
-		for _, p := range names {
-			if p != n && d.replicas[p].target.Ready && ext[p].latency > 0 {
-				peerLat = append(peerLat, ext[p].latency)
-			}
-		}
-		if len(peerLat) == 0 {
+		mf, ok := pe.probeLat.peerMedian(float64(e.latency), r.target.Ready)
+		if !ok {
 			continue
 		}
-		m := median(peerLat)
+		m := time.Duration(mf)
 		if d.outlier(e.latency, m) {
 			e.failing = true
 			e.reasons = append(e.reasons, fmt.Sprintf("probe latency %s vs peers %s", e.latency.Round(time.Millisecond), m.Round(time.Millisecond)))
@@ -529,37 +646,39 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 					}
 				}
 			}
-			ext[n] = e
 		}
 	}
 
 	// Global: every ready replica that the probes know about is failing.
 	ready, failing := 0, 0
-	var globalReasons []string
-	for _, n := range names {
+	for i, n := range names {
 		r := d.replicas[n]
-		if !r.target.Ready || !ext[n].known {
+		if !r.target.Ready || !ext[i].known {
 			continue
 		}
 		ready++
-		if ext[n].failing {
+		if ext[i].failing {
 			failing++
-			globalReasons = append(globalReasons, n+": "+strings.Join(ext[n].reasons, "; "))
+		} else {
+			pe.healthyOK.add(n, ext[i].lastOK)
+		}
+		if r.canaryMiss == 0 && !r.canaryOKAt.IsZero() {
+			pe.canaryOK.add(n, r.canaryOKAt)
 		}
 	}
 	global := ready > 0 && failing == ready
 
 	var out []Transition
-	for _, n := range names {
+	for i, n := range names {
 		r := d.replicas[n]
 		var to State
 		var reasons []string
 		var since time.Time
-		if global && r.target.Ready && ext[n].known {
-			to, since = Global, ext[n].since
-			reasons = append([]string{fmt.Sprintf("every ready replica failing (%d of %d)", failing, ready)}, ext[n].reasons...)
+		if global && r.target.Ready && ext[i].known {
+			to, since = Global, ext[i].since
+			reasons = append([]string{fmt.Sprintf("every ready replica failing (%d of %d)", failing, ready)}, ext[i].reasons...)
 		} else {
-			to, reasons, since = d.judge(r, n, names, ext, now)
+			to, reasons, since = d.judge(r, n, &ext[i], &pe, now)
 		}
 		if to == r.state {
 			continue
@@ -574,32 +693,10 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 }
 
 // judge is the per-replica rule when the failure is not global.
-func (d *Detector) judge(r *replicaData, name string, names []string, ext map[string]external, now time.Time) (State, []string, time.Time) {
-	var peers []*replicaData
-	for _, p := range names {
-		if p != name && d.replicas[p].target.Ready {
-			peers = append(peers, d.replicas[p])
-		}
-	}
-	e := ext[name]
-	in := d.internal(r, peers)
+func (d *Detector) judge(r *replicaData, name string, e *external, pe *peers, now time.Time) (State, []string, time.Time) {
+	in := d.internal(r, pe)
 	if !e.known && !in.known {
 		return Unknown, nil, time.Time{}
-	}
-
-	// A peer is a healthy witness when its probes are fine and one of them was sent after
-	// this replica began to fail: then the fault is this replica's, not everyone's.
-	healthyPeer := func(after time.Time) bool {
-		for _, p := range names {
-			pe := ext[p]
-			if p == name || !d.replicas[p].target.Ready || !pe.known || pe.failing {
-				continue
-			}
-			if pe.lastOK.After(after.Add(witnessSlack)) {
-				return true
-			}
-		}
-		return false
 	}
 
 	// Stale data: the answer differs from the majority, persistently.
@@ -607,14 +704,12 @@ func (d *Detector) judge(r *replicaData, name string, names []string, ext map[st
 		return Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.mismatchWhy, m)}, r.mismatchSince
 	}
 	// Lost apiserver watch: the canary stays behind while a peer is fresh.
-	if r.canaryMiss >= d.th.CanaryMisses {
-		for _, p := range peers {
-			if p.canaryMiss == 0 && p.canaryOKAt.After(r.canaryMissSince) {
-				return Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.canaryWhy, r.canaryMiss)}, r.canaryMissSince
-			}
-		}
+	if r.canaryMiss >= d.th.CanaryMisses && pe.canaryOK.latestExcept(name).After(r.canaryMissSince) {
+		return Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.canaryWhy, r.canaryMiss)}, r.canaryMissSince
 	}
-	if e.failing && (in.failing || in.gone) && healthyPeer(e.since) {
+	// A peer is a healthy witness when its probes are fine and one of them was sent after
+	// this replica began to fail: then the fault is this replica's, not everyone's.
+	if e.failing && (in.failing || in.gone) && pe.healthyOK.latestExcept(name).After(e.since.Add(witnessSlack)) {
 		reasons := append(append([]string{}, e.reasons...), in.reasons...)
 		return Degraded, reasons, e.since
 	}
@@ -657,18 +752,6 @@ func (d *Detector) judge(r *replicaData, name string, names []string, ext map[st
 		return Unknown, nil, time.Time{}
 	}
 	return Healthy, nil, time.Time{}
-}
-
-func median(v []time.Duration) time.Duration {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func medianF(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // witnessSlack: a peer's success counts as proof that the fault is this replica's only

@@ -525,3 +525,47 @@ func TestNoMajorityWithTwoReplicas(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerMedian(t *testing.T) {
+	s := sortedVals{1, 2, 3}
+	for _, tc := range []struct {
+		own  float64
+		self bool
+		want float64
+	}{{1, true, 3}, {2, true, 3}, {3, true, 2}, {9, false, 2}} {
+		if got, ok := s.peerMedian(tc.own, tc.self); !ok || got != tc.want {
+			t.Errorf("peerMedian(%v,%v) = %v, want %v", tc.own, tc.self, got, tc.want)
+		}
+	}
+	if _, ok := (sortedVals{5}).peerMedian(5, true); ok {
+		t.Error("no peers must be not ok")
+	}
+}
+
+// BenchmarkEvaluate100 is the detector's cost per evaluation with 100 replicas, the
+// healer's scale target.
+func BenchmarkEvaluate100(b *testing.B) {
+	d := New(DefaultThresholds(), []probe.Check{{Name: "a.example.", Type: dns.TypeA}})
+	var ts []replica.Target
+	for i := 0; i < 100; i++ {
+		ts = append(ts, replica.Target{Name: string(rune('A'+i/26)) + string(rune('a'+i%26)), DNSAddr: "x", PulseAddr: "y", Ready: true, Remediable: true})
+	}
+	d.SetTargets(ts)
+	now := t0
+	for k := 0; k < 10; k++ {
+		now = now.Add(interval)
+		for _, tg := range ts {
+			r := okProbe(tg.Name, 0)
+			r.Replica, r.Sent = tg.Name, now
+			d.ObserveProbe(r)
+			p := okPulse(tg.Name, 0, uint64(k))
+			p.Replica = tg.Name
+			d.ObservePulse(p)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d.Evaluate(now)
+	}
+}

@@ -132,7 +132,7 @@ func (nopNotifier) Notify(replica.Target, string, string, string) {}
 
 // minEvalGap bounds how often the detector judges every replica: results arriving
 // closer together are judged together (it costs at most this much detection latency).
-const minEvalGap = 2 * time.Millisecond
+const minEvalGap = 4 * time.Millisecond
 
 // Run runs until ctx ends. It returns an error only when something cannot start or the
 // mode fails.

@@ -1,0 +1,329 @@
+//go:build integration
+
+package healer_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// The detection benchmark (make bench-detect, hack/bench-detect.sh). Skipped unless
+// BENCH_DETECT=1; BENCH_OUT names the markdown fragment it writes.
+
+func benchEnabled(t *testing.T) {
+	if os.Getenv("BENCH_DETECT") != "1" {
+		t.Skip("BENCH_DETECT=1 runs the detection benchmark (make bench-detect)")
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func report(t *testing.T, text string) {
+	t.Helper()
+	t.Log("\n" + text)
+	if p := os.Getenv("BENCH_OUT"); p != "" {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(text + "\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type faultClass struct {
+	name    string
+	inject  func(t *testing.T, r *replicaProc)
+	recover func(t *testing.T, r *replicaProc)
+}
+
+var faultClasses = []faultClass{
+	{"process hung (SIGSTOP)",
+		func(t *testing.T, r *replicaProc) { r.signal(t, syscall.SIGSTOP) },
+		func(t *testing.T, r *replicaProc) { r.signal(t, syscall.SIGCONT) }},
+	{"serving path stuck, HTTP alive (upstream black hole)",
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeBlackhole) },
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
+	{"upstream broken (forward to a dead port: SERVFAIL)",
+		func(_ *testing.T, r *replicaProc) { r.up.stop() },
+		func(t *testing.T, r *replicaProc) { r.up.start(t) }},
+	{"replica slower (+80 ms)",
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeDelay) },
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
+	{"answers differently (stale data)",
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeDifferent) },
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
+}
+
+func TestBenchDetect(t *testing.T) {
+	benchEnabled(t)
+	n := envInt("BENCH_INJECTIONS", 20)
+	var rows []string
+	for _, fc := range faultClasses {
+		t.Run(fc.name, func(t *testing.T) {
+			c := startCluster(t)
+			var lat []time.Duration
+			falses := 0
+			for i := 0; i < n; i++ {
+				victim := c.replicas[i%len(c.replicas)]
+				mark := c.audit.mark(t)
+				injected := time.Now()
+				fc.inject(t, victim)
+				deg := c.audit.waitFrom(t, mark, verdictWithin, victim.name+" degraded", isState(victim.name, "degraded"))
+				lat = append(lat, deg.Time.Sub(injected))
+				fc.recover(t, victim)
+				for _, l := range c.audit.from(t, mark) {
+					if l.Event == "state" && (l.To == "degraded" || l.To == "global") && l.Replica != victim.name {
+						falses++
+						t.Logf("false verdict: %s", l.raw)
+					}
+				}
+				c.audit.waitFrom(t, mark, verdictWithin, victim.name+" healthy again", func(l line) bool {
+					return l.Event == "state" && l.Replica == victim.name && l.From != "healthy" && l.To == "healthy" && !l.Time.Before(deg.Time)
+				})
+				// Every replica healthy before the next injection.
+				for _, r := range c.replicas {
+					waitFor(t, verdictWithin, r.name+" healthy", func() bool {
+						c.audit.read(t)
+						last := ""
+						for _, l := range c.audit.lines {
+							if l.Event == "state" && l.Replica == r.name {
+								last = l.To
+							}
+						}
+						return last == "healthy"
+					})
+				}
+			}
+			slices.Sort(lat)
+			med, worst := lat[len(lat)/2], lat[len(lat)-1]
+			t.Logf("%s: n=%d median %s worst %s all %v", fc.name, n, med, worst, lat)
+			rows = append(rows, fmt.Sprintf("| %s | %d | %.1f | %.1f | %.1f | %d |", fc.name, n,
+				ms(lat[0]), ms(med), ms(worst), falses))
+		})
+	}
+	report(t, "| fault class | injections | best ms | median ms | worst ms | false verdicts on peers |\n|---|---|---|---|---|---|\n"+strings.Join(rows, "\n"))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// TestBenchSoak runs dnsperf against every replica for BENCH_SOAK (default 10m) with a
+// healthy cluster and counts verdicts worse than suspect, and actions: all false.
+func TestBenchSoak(t *testing.T) {
+	benchEnabled(t)
+	dnsperf, err := exec.LookPath("dnsperf")
+	if err != nil {
+		t.Fatalf("dnsperf not found (apt-get install -y dnsperf): %v", err)
+	}
+	soak := envDuration("BENCH_SOAK", 10*time.Minute)
+	qps := envInt("BENCH_SOAK_QPS", 2000)
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	qfile := filepath.Join(t.TempDir(), "queries")
+	var q strings.Builder
+	for i := 0; i < 1000; i++ {
+		switch i % 10 {
+		case 0:
+			fmt.Fprintf(&q, "n%d.nx.test A\n", i) // some NXDOMAIN, as in real traffic
+		case 1:
+			q.WriteString("probe.test A\n")
+		default:
+			q.WriteString("load.test A\n")
+		}
+	}
+	if err := os.WriteFile(qfile, []byte(q.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var procs []*exec.Cmd
+	var outs []*strings.Builder
+	for _, r := range c.replicas {
+		host, port, _ := net.SplitHostPort(r.dnsAddr)
+		cmd := exec.Command(dnsperf, "-s", host, "-p", port, "-d", qfile, "-l", strconv.Itoa(int(soak.Seconds())), "-Q", strconv.Itoa(qps), "-c", "4", "-q", "200")
+		out := &strings.Builder{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		procs, outs = append(procs, cmd), append(outs, out)
+	}
+	for _, p := range procs {
+		_ = p.Wait()
+	}
+	var sent []string
+	for i, o := range outs {
+		for _, l := range strings.Split(o.String(), "\n") {
+			if strings.Contains(l, "Queries per second") || strings.Contains(l, "Queries completed") {
+				sent = append(sent, c.replicas[i].name+": "+strings.TrimSpace(l))
+			}
+		}
+	}
+	falses, suspects := 0, 0
+	for _, l := range c.audit.from(t, mark) {
+		switch {
+		case l.Event == "state" && (l.To == "degraded" || l.To == "global"):
+			falses++
+			t.Logf("false verdict: %s", l.raw)
+		case l.Event == "remediation":
+			falses++
+			t.Logf("false action: %s", l.raw)
+		case l.Event == "state" && l.To == "suspect":
+			suspects++
+		}
+	}
+	t.Logf("dnsperf:\n%s", strings.Join(sent, "\n"))
+	report(t, fmt.Sprintf("Healthy soak: %s, dnsperf -Q %d against each of 3 replicas (%s): **%d false verdicts or actions** (degraded/global/remediation); %d suspect transitions.",
+		soak, qps, strings.Join(sent, "; "), falses, suspects))
+	if falses > 0 {
+		t.Errorf("%d false verdicts in a healthy soak", falses)
+	}
+}
+
+// TestBenchScale runs the real healer against 100 light in-process DNS responders (and,
+// with BENCH_SCALE_PULSE=1, 100 /pulse responders) probed every 20 ms, and measures its CPU
+// and memory from /proc.
+func TestBenchScale(t *testing.T) {
+	benchEnabled(t)
+	targets := envInt("BENCH_SCALE_TARGETS", 100)
+	window := envDuration("BENCH_SCALE_WINDOW", 20*time.Second)
+	type config struct {
+		pulse      bool
+		gomaxprocs int // 0: Go's default (the CPUs, or the cgroup's CPU limit)
+	}
+	for _, cfg := range []config{{false, 0}, {false, 1}, {true, 0}, {true, 1}} {
+		withPulse := cfg.pulse
+		name := "probes only"
+		if withPulse {
+			name = "probes + /pulse polls"
+		}
+		procs := "default"
+		if cfg.gomaxprocs > 0 {
+			procs = strconv.Itoa(cfg.gomaxprocs)
+		}
+		name += ", GOMAXPROCS=" + procs
+		t.Run(name, func(t *testing.T) {
+			var answered atomic.Int64
+			var polled atomic.Int64
+			hbBody := []byte(`{"version":1,"replica":"r","seq":1,"time":"2026-01-01T00:00:00Z","started":"2026-01-01T00:00:00Z","tick":"20ms","windows":{"1s":{"queries":50,"rcodes":{"NOERROR":50},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0},"10s":{"queries":500,"rcodes":{"NOERROR":500},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0},"60s":{"queries":3000,"rcodes":{"NOERROR":3000},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0}},"selfProbe":{"ok":true,"rcode":"NOERROR","latencyMicros":100,"time":"2026-01-01T00:00:00Z"},"verdict":"healthy","reasons":[]}`)
+			var seq atomic.Uint64
+			args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", filepath.Join(t.TempDir(), "audit.log"),
+				"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms",
+				"--max-probe-qps", strconv.Itoa(targets * 50 * 2)}
+			for i := 0; i < targets; i++ {
+				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+					answered.Add(1)
+					m := new(dns.Msg)
+					m.SetReply(r)
+					m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.IPv4(10, 0, 0, 1)})
+					_ = w.WriteMsg(m)
+				})}
+				go func() { _ = srv.ActivateAndServe() }()
+				t.Cleanup(func() { _ = srv.Shutdown() })
+				target := fmt.Sprintf("r%03d=%s", i, pc.LocalAddr())
+				if withPulse {
+					ln, err := net.Listen("tcp", "127.0.0.1:0")
+					if err != nil {
+						t.Fatal(err)
+					}
+					hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+						polled.Add(1)
+						// A moving seq, as a live replica's.
+						s := seq.Add(1)
+						_, _ = w.Write([]byte(strings.Replace(string(hbBody), `"seq":1`, `"seq":`+strconv.FormatUint(s, 10), 1)))
+					})}
+					go func() { _ = hs.Serve(ln) }()
+					t.Cleanup(func() { _ = hs.Close() })
+					target += "@" + ln.Addr().String()
+				}
+				args = append(args, "--target", target)
+			}
+			cmd := exec.Command(healerBin, args...)
+			if cfg.gomaxprocs > 0 {
+				cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(cfg.gomaxprocs))
+			}
+			logf, _ := os.Create(filepath.Join(t.TempDir(), "healer.log"))
+			cmd.Stdout, cmd.Stderr = logf, logf
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			pid := cmd.Process.Pid
+			waitFor(t, 30*time.Second, "probes flowing", func() bool { return answered.Load() > int64(targets)*10 })
+			warm := time.NewTimer(3 * time.Second) // steady state before measuring
+			<-warm.C
+			cpu0, q0, p0, t0 := procCPU(t, pid), answered.Load(), polled.Load(), time.Now()
+			end := time.NewTimer(window)
+			<-end.C
+			cpu1, q1, p1, t1 := procCPU(t, pid), answered.Load(), polled.Load(), time.Now()
+			el := t1.Sub(t0).Seconds()
+			cores := (cpu1 - cpu0).Seconds() / el
+			rss, hwm := procMem(t, pid)
+			report(t, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.3f | %.1f | %.1f |", name, targets,
+				float64(q1-q0)/el, float64(p1-p0)/el, cores, float64(rss)/1024, float64(hwm)/1024))
+		})
+	}
+}
+
+// procCPU is the process's user+system CPU time.
+func procCPU(t *testing.T, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / hz
+}
+
+// procMem is VmRSS and VmHWM in KiB.
+func procMem(t *testing.T, pid int) (rss, hwm int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			rss, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+		if len(f) >= 2 && f[0] == "VmHWM:" {
+			hwm, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	return rss, hwm
+}
+
