@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -22,6 +23,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/dnspulse/dnspulse/healer/pkg/options"
 )
 
 const (
@@ -29,18 +32,18 @@ const (
 	releaseNamespace = "dnspulse-system"
 )
 
-// healerFlags are the healer's flags (healer/pkg/options, the brief's list) that take a
-// value from the chart; --version is the only one left out.
-var healerFlags = []string{
-	"target", "check", "config",
-	"probe-interval", "probe-timeout", "max-probe-qps",
-	"pulse-interval", "pulse-timeout", "pulse-port",
-	"dry-run", "remediate-exec", "audit-log", "metrics-addr",
-	"kubeconfig", "namespace", "selector", "service",
-	"canary", "canary-namespace", "canary-service", "canary-interval", "canary-max-lag",
-	"readiness-gate", "allow-delete", "min-available", "max-degraded",
-	"cooldown", "global-cooldown",
-	"leader-elect", "leader-elect-namespace", "leader-elect-lease",
+// healerFlags are the flags of the real healer (healer/pkg/options), except --version:
+// each must be reachable from values.
+func healerFlags() []string {
+	fs := pflag.NewFlagSet("healer", pflag.ContinueOnError)
+	options.New().AddFlags(fs)
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "version" {
+			names = append(names, f.Name)
+		}
+	})
+	return names
 }
 
 // allowedRules is the whole of what the healer may do: (apiGroup, resource) -> verbs.
@@ -264,26 +267,31 @@ func checkHardenedPod(t *testing.T, d *appsv1.Deployment) {
 func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 	t.Helper()
 	got := args(t, d)
+	known := healerFlags()
 	for flag := range got {
-		if !slices.Contains(healerFlags, flag) {
+		if !slices.Contains(known, flag) {
 			t.Errorf("--%s is not a healer flag", flag)
 		}
 	}
 	v := withDefaults(t, vals)
 	want := map[string]string{
-		"probe-interval":  v.str("probe.interval"),
-		"probe-timeout":   v.str("probe.timeout"),
-		"max-probe-qps":   v.str("probe.maxQPS"),
-		"pulse-interval":  v.str("pulse.interval"),
-		"pulse-timeout":   v.str("pulse.timeout"),
-		"pulse-port":      v.str("coredns.pulsePort"),
-		"dry-run":         v.str("remediation.dryRun"),
-		"audit-log":       v.str("auditLog"),
-		"metrics-addr":    ":" + v.str("metrics.port"),
-		"min-available":   v.str("remediation.minAvailable"),
-		"max-degraded":    v.str("remediation.maxDegraded"),
-		"cooldown":        v.str("remediation.cooldown"),
-		"global-cooldown": v.str("remediation.globalCooldown"),
+		"probe-interval":    v.str("probe.interval"),
+		"probe-timeout":     v.str("probe.timeout"),
+		"probe-min-timeout": v.str("probe.minTimeout"),
+		"pulse-min-timeout": v.str("pulse.minTimeout"),
+		"retry-backoff":     v.str("remediation.retryBackoff"),
+		"retry-backoff-max": v.str("remediation.retryBackoffMax"),
+		"max-probe-qps":     v.str("probe.maxQPS"),
+		"pulse-interval":    v.str("pulse.interval"),
+		"pulse-timeout":     v.str("pulse.timeout"),
+		"pulse-port":        v.str("coredns.pulsePort"),
+		"dry-run":           v.str("remediation.dryRun"),
+		"audit-log":         v.str("auditLog"),
+		"metrics-addr":      ":" + v.str("metrics.port"),
+		"min-available":     v.str("remediation.minAvailable"),
+		"max-degraded":      v.str("remediation.maxDegraded"),
+		"cooldown":          v.str("remediation.cooldown"),
+		"global-cooldown":   v.str("remediation.globalCooldown"),
 	}
 	static := len(v.list("static.targets")) > 0
 	if static {
@@ -334,6 +342,7 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 	}
 	if re := v.str("static.remediateExec"); re != "" {
 		want["remediate-exec"] = re
+		want["remediate-timeout"] = v.str("static.remediateTimeout")
 	}
 	if cfg, ok := v.get("config").(map[string]any); ok && len(cfg) > 0 {
 		want["config"] = "/etc/dnspulse/config.yaml"
@@ -356,7 +365,7 @@ func TestArgsCoverEveryFlag(t *testing.T) {
 			seen[flag] = true
 		}
 	}
-	for _, f := range healerFlags {
+	for _, f := range healerFlags() {
 		if !seen[f] {
 			t.Errorf("no ci values file sets --%s: add a value (and a ci file) for it", f)
 		}
