@@ -136,8 +136,10 @@ func (p *podNet) remove(ctx context.Context) error {
 			errs = append(errs, err.Error())
 		}
 	}
+	// Deleting the netns destroys eth0 and its peer asynchronously: a veth that vanishes between
+	// the check and the delete is not an error.
 	if linkExists(p.hostVeth) {
-		if _, err := run(ctx, "ip", "link", "del", p.hostVeth); err != nil {
+		if _, err := run(ctx, "ip", "link", "del", p.hostVeth); err != nil && linkExists(p.hostVeth) {
 			errs = append(errs, err.Error())
 		}
 	}
