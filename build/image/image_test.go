@@ -507,7 +507,9 @@ func TestHealerImage(t *testing.T) {
 	if out == "" {
 		t.Fatal("healer --version printed nothing")
 	}
-	if !strings.Contains(out, want) {
+	// make evaluates VERSION (git describe --dirty) for each recipe: a tree that turns dirty
+	// between the binary's build and the image's may add "-dirty" to one of them only.
+	if !strings.Contains(strings.TrimSuffix(out, "-dirty"), strings.TrimSuffix(want, "-dirty")) {
 		t.Errorf("healer --version = %q, want it to contain the image's version label %q", out, want)
 	}
 }
