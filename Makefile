@@ -76,6 +76,10 @@ bench: bench-plugin ## Every benchmark.
 bench-plugin: ## ServeDNS with and without pulse (benchstat) and dnsperf CPU per query.
 	hack/bench-plugin.sh
 
+.PHONY: bench-detect
+bench-detect: ## Healer detection latency per fault class, healthy soak (SOAK=10m, SHORT=1 for 1m), CPU/memory at 100 targets.
+	hack/bench-detect.sh
+
 ##@ Run
 .PHONY: demo
 demo: build ## The main job: see README.

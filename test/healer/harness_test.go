@@ -98,6 +98,9 @@ const (
 	modeBlackhole
 	modeDelay
 	modeDifferent
+	// modeDelayClients delays every name but the self-probe's: the replica's own view of
+	// itself stays fast, only its p99 (and the healer's probes) show the slowness.
+	modeDelayClients
 )
 
 // upstream is one replica's forward target, in-process, so a test switches its fault on
@@ -150,6 +153,10 @@ func (u *upstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	case modeDelay:
 		time.Sleep(u.delay)
+	case modeDelayClients:
+		if !strings.EqualFold(r.Question[0].Name, "selfcheck.test.") {
+			time.Sleep(u.delay)
+		}
 	}
 	m := new(dns.Msg)
 	m.SetReply(r)
