@@ -15,8 +15,8 @@ import (
 	"os"
 	"slices"
 
-	_ "github.com/coredns/coredns/core/plugin" // every upstream plugin
 	"github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/core/plugin" // every upstream plugin
 	"github.com/coredns/coredns/coremain"
 
 	_ "github.com/dnspulse/dnspulse/plugin/pulse"
