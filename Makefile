@@ -81,9 +81,11 @@ bench-detect: ## Healer detection latency per fault class, healthy soak (SOAK=10
 	hack/bench-detect.sh
 
 ##@ Run
-.PHONY: demo
-demo: build ## The main job: see README.
-	hack/demo.sh
+.PHONY: demo demo-local
+demo: demo-local ## The main job: see README.
+
+demo-local: build ## Three local CoreDNS replicas with pulse, the healer in static mode, one replica frozen and healed.
+	BIN=$(BIN) hack/demo-local.sh
 
 ##@ Lint
 .PHONY: lint fmt chart-lint
