@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"os/exec"
 	"strconv"
@@ -86,44 +87,100 @@ func (c *Cluster) signalPod(ns, name string, sig syscall.Signal) error {
 	return signalPID(pid, sig)
 }
 
-// Netem adds delay (with jitter) and loss (percent, 0 for none) to everything the pod sends and
-// receives through its veth (`tc qdisc replace dev VETH root netem ...` on the host side, which
-// shapes traffic towards the pod; the pod side is shaped too, inside its netns).
-func (c *Cluster) Netem(ctx context.Context, ns, name string, delay, jitter time.Duration, lossPercent float64) error {
-	s, err := c.Sandbox(ns, name)
+// delayQueue is the NFQUEUE number the Delay fault uses; queues are per network namespace.
+const delayQueue = 7
+
+// Delay makes every exchange with the pod take d longer (± jitter): packets arriving on its eth0
+// are held for d before delivery (see delayer; the "+80 ms replica" fault). d = 0 removes it.
+func (c *Cluster) Delay(ctx context.Context, ns, name string, d, jitter time.Duration) error {
+	r, err := c.Node.pod(ns, name)
 	if err != nil {
 		return err
 	}
-	args := []string{"netem"}
-	if delay > 0 {
-		args = append(args, "delay", fmt.Sprintf("%dus", delay.Microseconds()))
-		if jitter > 0 {
-			args = append(args, fmt.Sprintf("%dus", jitter.Microseconds()))
-		}
-	}
-	if lossPercent > 0 {
-		args = append(args, "loss", strconv.FormatFloat(lossPercent, 'f', -1, 64)+"%")
-	}
-	if _, err := run(ctx, "tc", append([]string{"qdisc", "replace", "dev", s.HostVeth, "root"}, args...)...); err != nil {
+	ipt, err := iptablesPath()
+	if err != nil {
 		return err
 	}
-	_, err = run(ctx, "ip", append([]string{"netns", "exec", s.Netns, "tc", "qdisc", "replace", "dev", "eth0", "root"}, args...)...)
-	return err
+	r.mu.Lock()
+	dl := r.delay
+	netns := ""
+	if r.net != nil {
+		netns = r.net.netns
+	}
+	r.mu.Unlock()
+	rule := []string{"INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(delayQueue), "--queue-bypass"}
+	if d <= 0 {
+		if dl == nil {
+			return nil
+		}
+		_, err := c.InPod(ctx, ns, name, append([]string{ipt, "-w", "-D"}, rule...)...)
+		dl.close()
+		r.mu.Lock()
+		r.delay = nil
+		r.mu.Unlock()
+		return err
+	}
+	if dl == nil {
+		if netns == "" {
+			return fmt.Errorf("pod %s/%s has no sandbox", ns, name)
+		}
+		if dl, err = openDelayer("/run/netns/"+netns, delayQueue); err != nil {
+			return err
+		}
+		if _, err := c.InPod(ctx, ns, name, append([]string{ipt, "-w", "-I"}, rule...)...); err != nil {
+			dl.close()
+			return err
+		}
+		r.mu.Lock()
+		r.delay = dl
+		r.mu.Unlock()
+	}
+	dl.delay.Store(int64(d))
+	dl.jitter.Store(int64(jitter))
+	return nil
 }
 
-// ClearNetem removes the pod's netem qdiscs.
-func (c *Cluster) ClearNetem(ctx context.Context, ns, name string) error {
-	s, err := c.Sandbox(ns, name)
+// Loss drops percent (0-100) of the packets the pod receives and sends, with iptables' statistic
+// match in its netns (this machine's kernel has no sch_netem; the effect for a client is the same
+// random loss). percent 0 removes it.
+func (c *Cluster) Loss(ctx context.Context, ns, name string, percent float64) error {
+	r, err := c.Node.pod(ns, name)
 	if err != nil {
 		return err
 	}
-	_, err1 := run(ctx, "tc", "qdisc", "del", "dev", s.HostVeth, "root")
-	_, err2 := run(ctx, "ip", "netns", "exec", s.Netns, "tc", "qdisc", "del", "dev", "eth0", "root")
-	if err1 != nil {
-		return err1
+	ipt, err := iptablesPath()
+	if err != nil {
+		return err
 	}
-	return err2
+	r.mu.Lock()
+	old := r.lossRule
+	r.lossRule = ""
+	r.mu.Unlock()
+	if old != "" {
+		for _, chain := range []string{"INPUT", "OUTPUT"} {
+			if _, err := c.InPod(ctx, ns, name, ipt, "-w", "-D", chain, "-m", "statistic", "--mode", "random", "--probability", old, "-j", "DROP"); err != nil {
+				return err
+			}
+		}
+	}
+	if percent <= 0 {
+		return nil
+	}
+	// Each direction drops p so that a request-response exchange is lost with probability percent.
+	p := 1 - sqrt(1-min(percent, 100)/100)
+	prob := strconv.FormatFloat(p, 'f', 6, 64)
+	for _, chain := range []string{"INPUT", "OUTPUT"} {
+		if _, err := c.InPod(ctx, ns, name, ipt, "-w", "-I", chain, "-m", "statistic", "--mode", "random", "--probability", prob, "-j", "DROP"); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	r.lossRule = prob
+	r.mu.Unlock()
+	return nil
 }
+
+func sqrt(x float64) float64 { return math.Sqrt(x) }
 
 // InPod runs argv inside the pod's network namespace (ip netns exec), e.g. iptables.
 func (c *Cluster) InPod(ctx context.Context, ns, name string, argv ...string) (string, error) {
@@ -169,6 +226,10 @@ func (c *Cluster) CutAPIServer(ctx context.Context, ns, name string, on bool) er
 	if !on {
 		op = "-D"
 	}
-	_, err = c.InPod(ctx, ns, name, ipt, "-w", op, "OUTPUT", "-p", "tcp", "-d", host, "--dport", port, "-j", "DROP")
+	// Both directions: with only the pod's ACKs dropped, watch events would still be delivered.
+	if _, err := c.InPod(ctx, ns, name, ipt, "-w", op, "OUTPUT", "-p", "tcp", "-d", host, "--dport", port, "-j", "DROP"); err != nil {
+		return err
+	}
+	_, err = c.InPod(ctx, ns, name, ipt, "-w", op, "INPUT", "-p", "tcp", "-s", host, "--sport", port, "-j", "DROP")
 	return err
 }

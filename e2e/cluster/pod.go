@@ -38,6 +38,8 @@ type podRunner struct {
 	net                *podNet
 	containers         []*container
 	terminating        bool
+	lossRule           string // probability of the Loss fault's iptables rules, "" when none
+	delay              *delayer
 	lastReportedStatus *corev1.PodStatus
 }
 
@@ -228,7 +230,12 @@ func (r *podRunner) teardown() {
 	r.mu.Lock()
 	pn := r.net
 	r.net = nil
+	dl := r.delay
+	r.delay = nil
 	r.mu.Unlock()
+	if dl != nil {
+		dl.close()
+	}
 	if pn != nil {
 		if err := pn.remove(context.Background()); err != nil {
 			r.logf("teardown: %v", err)

@@ -107,12 +107,19 @@ build_helm() {
   install_bin helm
 }
 
-start=$SECONDS
-log "cache $CACHE"
-build_etcd
-build_kubernetes
-build_helm
-for b in "${ALL_BINS[@]}"; do
-  ln -sfn "$CACHE/$b" "$OUT_BIN/$b"
-done
-log "done in $((SECONDS - start))s: ${ALL_BINS[*]} linked into ${OUT_BIN#"$ROOT"/}"
+main() {
+  local start=$SECONDS b
+  log "cache $CACHE"
+  build_etcd
+  build_kubernetes
+  build_helm
+  for b in "${ALL_BINS[@]}"; do
+    ln -sfn "$CACHE/$b" "$OUT_BIN/$b"
+  done
+  log "done in $((SECONDS - start))s: ${ALL_BINS[*]} linked into ${OUT_BIN#"$ROOT"/}"
+}
+
+# One call at the very end: bash has parsed the whole file before anything runs, so editing the
+# script during a 20-minute build cannot derail it.
+main "$@"
+exit
