@@ -214,6 +214,11 @@ func runExample(t *testing.T, bin, file string, i int, queries []query, wantLeas
 		if q := hb.Windows[heartbeat.Window10s].Queries; q < uint64(len(queries)) {
 			return fmt.Errorf("10s window counts %d queries, we sent %d", q, len(queries)+1)
 		}
+		// The self-probe goes through the server's own (rewritten) listener: a healthy
+		// example must say so.
+		if !hb.SelfProbe.OK || hb.Verdict != heartbeat.VerdictHealthy {
+			return fmt.Errorf("self-probe ok=%v (%s %q), verdict %s %v", hb.SelfProbe.OK, hb.SelfProbe.Rcode, hb.SelfProbe.Error, hb.Verdict, hb.Reasons)
+		}
 		return nil
 	})
 	resp, err := http.Get(pulseURL + "/healthz")
