@@ -406,6 +406,10 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 							continue
 						}
 						for _, verb := range rule.Verbs {
+							if key == "/pods" && verb == "delete" && v.str("remediation.allowDelete") == "true" {
+								granted[key+":"+verb] = true
+								continue // asked for by remediation.allowDelete, and only then
+							}
 							if !slices.Contains(allowed, verb) {
 								t.Errorf("%s %s grants %s on %s (allowed: %v)", kind, name, verb, key, allowed)
 							}
@@ -432,6 +436,9 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 		}
 		if v.str("leaderElection.enabled") == "true" {
 			need = append(need, "coordination.k8s.io/leases:get", "coordination.k8s.io/leases:create", "coordination.k8s.io/leases:update")
+		}
+		if v.str("remediation.allowDelete") == "true" {
+			need = append(need, "/pods:delete")
 		}
 		for _, n := range need {
 			if !granted[n] {
