@@ -38,8 +38,8 @@ type canary struct {
 	pending map[string]bool
 	// next is the value being written; it is retried as is until confirmed, so an API
 	// outage leaves at most one pending value however long it lasts.
-	next  string
-	nextN uint64
+	next    string
+	nextN   uint64
 	history []pastValue // replaced values, oldest first
 	// knownSince is when this healer first learned a value. Older values it never saw (a
 	// previous leader's) may have been replaced just before: they get MaxLag from here.
