@@ -13,13 +13,15 @@
 //	""                 pods              delete       (only with --allow-delete; not granted otherwise)
 //	discovery.k8s.io   endpointslices    list, watch
 //	events.k8s.io      events            create, patch
-//	# in the canary namespace (--canary-namespace), resourceNames: [<--canary-service>] for get/update
-//	""                 services          get, create, update
+//	# in the canary namespace (--canary-namespace)
+//	""                 services          get, update  (resourceNames: [<--canary-service>])
+//	""                 services          create       (create cannot be limited by name)
 //	# in the leader election namespace (--leader-elect-namespace)
 //	coordination.k8s.io leases           get, create, update
 //
 // The delete verb is listed for completeness: without --allow-delete this package never
-// deletes, and a chart that does not set it should not grant it.
+// deletes, and a chart that does not set it should not grant it. smoke_test.go runs the
+// package against a real kube-apiserver as a user holding exactly these rules (smoke.sh).
 package kube
 
 import (
