@@ -74,6 +74,9 @@ type Config struct {
 	// Identity is this healer's leader election identity; default $POD_NAME, else hostname,
 	// each with a random suffix.
 	Identity string
+	// LeaseDuration, RenewDeadline and RetryPeriod tune leader election; zero means the
+	// client-go defaults (15s, 10s, 2s). A crashed leader is replaced after LeaseDuration.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 
 	// Audit, if set, receives events the engine does not see (leader changes, replacement
 	// ready, canary rotation failures). It must be safe for concurrent use.
@@ -152,6 +155,19 @@ func NewWithClient(ctx context.Context, cfg Config, client kubernetes.Interface,
 	}
 	if cfg.LeaderElectLease == "" {
 		cfg.LeaderElectLease = "dnspulse-healer"
+	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = leaseDuration
+	}
+	if cfg.RenewDeadline == 0 {
+		cfg.RenewDeadline = renewDeadline
+	}
+	if cfg.RetryPeriod == 0 {
+		cfg.RetryPeriod = retryPeriod
+	}
+	if cfg.LeaderElect && !(cfg.LeaseDuration > cfg.RenewDeadline && float64(cfg.RenewDeadline) > 1.2*float64(cfg.RetryPeriod)) {
+		return nil, fmt.Errorf("kubernetes mode: leader election needs lease duration (%v) > renew deadline (%v) > 1.2 x retry period (%v)",
+			cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
 	}
 	if cfg.Identity == "" {
 		cfg.Identity = defaultIdentity()

@@ -9,7 +9,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
-// Leader election timings: the client-go defaults used by kube-controller-manager.
+// Default leader election timings: those of kube-controller-manager.
 const (
 	leaseDuration = 15 * time.Second
 	renewDeadline = 10 * time.Second
@@ -29,9 +29,9 @@ func (m *Mode) runLeaderElection(ctx context.Context) error {
 	for ctx.Err() == nil {
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock:            lock,
-			LeaseDuration:   leaseDuration,
-			RenewDeadline:   renewDeadline,
-			RetryPeriod:     retryPeriod,
+			LeaseDuration:   m.cfg.LeaseDuration,
+			RenewDeadline:   m.cfg.RenewDeadline,
+			RetryPeriod:     m.cfg.RetryPeriod,
 			ReleaseOnCancel: true,
 			Name:            ReportingController,
 			Callbacks: leaderelection.LeaderCallbacks{
