@@ -23,6 +23,7 @@ func TestTwoHealersOneLeader(t *testing.T) {
 		t.Cleanup(cancel)
 		cfg := baseConfig()
 		cfg.LeaderElect, cfg.Canary, cfg.Identity = true, true, identity
+		cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod = 2*time.Second, time.Second, 200*time.Millisecond
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		m, err := NewWithClient(ctx, cfg, client, events.NewFakeRecorder(100))
 		if err != nil {
