@@ -157,7 +157,7 @@ func TestBenchSoak(t *testing.T) {
 		t.Fatalf("dnsperf not found (apt-get install -y dnsperf): %v", err)
 	}
 	soak := envDuration("BENCH_SOAK", 10*time.Minute)
-	qps := envInt("BENCH_SOAK_QPS", 2000)
+	qps := envInt("BENCH_SOAK_QPS", 500)
 	c := startCluster(t)
 	mark := c.audit.mark(t)
 	qfile := filepath.Join(t.TempDir(), "queries")

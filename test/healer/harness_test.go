@@ -70,6 +70,9 @@ func binary(env, name string) (string, error) {
 	return p, nil
 }
 
+// command runs a binary under test.
+func command(bin string, args ...string) *exec.Cmd { return exec.Command(bin, args...) }
+
 // freePort returns a port free for both UDP and TCP on ip.
 func freePort(t testing.TB, ip string) int {
 	t.Helper()
@@ -196,6 +199,7 @@ const corefile = `.:%d {
     pulse %s {
         tick 20ms
         self_probe selfcheck.test. A
+        self_probe_timeout 50ms
         replica %s
     }
     forward . %s {
@@ -218,7 +222,7 @@ func startReplica(t testing.TB, name, ip string, up *upstream) *replicaProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cmd = exec.Command(corednsBin, "-conf", conf)
+	r.cmd = command(corednsBin, "-conf", conf)
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -300,7 +304,7 @@ func startCluster(t testing.TB, extraHealerArgs ...string) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.healer = exec.Command(healerBin, args...)
+	c.healer = command(healerBin, args...)
 	c.healer.Stdout, c.healer.Stderr = logf, logf
 	if err := c.healer.Start(); err != nil {
 		t.Fatal(err)

@@ -68,6 +68,11 @@ type Thresholds struct {
 	NXDomainMargin float64 `json:"nxdomainMargin"`
 	// PulseFailures in a row (unreachable) mean the internal view is gone.
 	PulseFailures int `json:"pulseFailures"`
+	// GlobalSettle: after a global failure ends, no replica is degraded on failing probes
+	// for this long (the last to recover is not worse than its peers, only later).
+	GlobalSettle time.Duration `json:"globalSettle"`
+	// GlobalAfter: every ready replica must be failing this long for a global verdict.
+	GlobalAfter time.Duration `json:"globalAfter"`
 }
 
 // DefaultThresholds are the thresholds used when the config file sets none.
@@ -85,6 +90,8 @@ func DefaultThresholds() Thresholds {
 		ServfailMargin:   0.01,
 		NXDomainMargin:   0.3,
 		PulseFailures:    1,
+		GlobalSettle:     time.Second,
+		GlobalAfter:      300 * time.Millisecond,
 	}
 }
 
@@ -127,6 +134,12 @@ func (t Thresholds) Validate(prefix string) []string {
 	}
 	if t.PulseFailures < 1 {
 		bad("pulseFailures", "must be >= 1")
+	}
+	if t.GlobalSettle < 0 {
+		bad("globalSettle", "must be >= 0")
+	}
+	if t.GlobalAfter < 0 {
+		bad("globalAfter", "must be >= 0")
 	}
 	return errs
 }
@@ -185,6 +198,12 @@ type Detector struct {
 	replicas map[string]*replicaData
 
 	majority map[int]*majorityCache
+	// inGlobal and globalEnded: a global fault resolves unevenly, so for GlobalSettle after
+	// every replica stopped failing together no replica is judged degraded on failing
+	// probes.
+	inGlobal        bool
+	globalEnded     time.Time
+	allFailingSince time.Time
 
 	// Reused by Evaluate to keep it allocation-free.
 	names []string
@@ -240,8 +259,8 @@ func (d *Detector) States() map[string]State {
 // ObserveProbe records one probe result.
 func (d *Detector) ObserveProbe(res probe.Result) {
 	r, ok := d.replicas[res.Replica]
-	if !ok {
-		return
+	if !ok || res.Late {
+		return // a probe the healer itself was too stalled to judge says nothing
 	}
 	o := probeObs{sent: res.Sent, latency: res.Latency, ok: res.OK()}
 	switch {
@@ -362,7 +381,7 @@ func (d *Detector) mismatches(r *replicaData) int {
 // ObservePulse records one heartbeat poll.
 func (d *Detector) ObservePulse(res pulsereader.Result) {
 	r, ok := d.replicas[res.Replica]
-	if !ok {
+	if !ok || res.Kind == pulsereader.Late {
 		return
 	}
 	cp := res
@@ -382,8 +401,10 @@ type external struct {
 	reasons []string
 	// since is the send time of the first failure among the recent probes.
 	since time.Time
-	// lastOK is the send time of the latest successful probe.
-	lastOK time.Time
+	// lastOK is the send time of the latest successful probe; lastFail of the latest
+	// failed one.
+	lastOK   time.Time
+	lastFail time.Time
 	// recovered: the latest RecoverSuccesses probes all succeeded.
 	recovered bool
 	anyFail   bool
@@ -406,6 +427,9 @@ func (d *Detector) external(r *replicaData, now time.Time) external {
 	for _, o := range recent {
 		if o.ok && o.sent.After(e.lastOK) {
 			e.lastOK = o.sent
+		}
+		if !o.ok && o.sent.After(e.lastFail) {
+			e.lastFail = o.sent
 		}
 	}
 	last := recent[max(0, len(recent)-d.th.RecentProbes):]
@@ -504,7 +528,6 @@ func (t *top2) latestExcept(name string) time.Time {
 type peers struct {
 	probeLat          sortedVals // recent probe latency (ns) of ready replicas with one
 	servfail, nx, p99 sortedVals // 1s window of ready replicas with a current heartbeat
-	healthyOK         top2       // lastOK of ready replicas whose probes are fine
 	canaryOK          top2       // canaryOKAt of ready replicas whose canary is fresh
 }
 
@@ -659,14 +682,25 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 		ready++
 		if ext[i].failing {
 			failing++
-		} else {
-			pe.healthyOK.add(n, ext[i].lastOK)
 		}
 		if r.canaryMiss == 0 && !r.canaryOKAt.IsZero() {
 			pe.canaryOK.add(n, r.canaryOKAt)
 		}
 	}
-	global := ready > 0 && failing == ready
+	// A global verdict is an alert, not an action: it waits GlobalAfter so that a blip that
+	// touches everyone (an upstream hiccup) raises none. Until then the replicas are
+	// judged one by one, and with no healthy witness none is degraded.
+	allFailing := ready > 0 && failing == ready
+	if !allFailing {
+		if !d.allFailingSince.IsZero() {
+			d.globalEnded = now // an episode of everyone failing, declared global or not
+		}
+		d.allFailingSince = time.Time{}
+	} else if d.allFailingSince.IsZero() {
+		d.allFailingSince = now
+	}
+	global := allFailing && (d.inGlobal || now.Sub(d.allFailingSince) >= d.th.GlobalAfter)
+	d.inGlobal = global
 
 	var out []Transition
 	for i, n := range names {
@@ -692,6 +726,37 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 	return out
 }
 
+// witness says whether a ready peer proves that a fault starting at 'since' is local: the
+// peer answered a probe sent after it, failed none sent from shortly before it on, and its
+// own heartbeat is fine. A host or network hiccup that touches every replica within a few
+// milliseconds (an overloaded node, an upstream outage reaching each replica's next query)
+// leaves no such witness, so it is never taken for one replica's fault.
+func (d *Detector) witness(name string, since, now time.Time) bool {
+	for i, p := range d.names {
+		r := d.replicas[p]
+		pe := &d.ext[i]
+		if p == name || !r.target.Ready || !pe.known || pe.failing || internalBad(r) {
+			continue
+		}
+		if pe.lastOK.After(since.Add(witnessSlack)) && pe.lastFail.Before(since.Add(-witnessClean)) {
+			return true
+		}
+	}
+	return false
+}
+
+// internalBad is a cheap look at a peer's heartbeat for witness duty (the ratio
+// comparisons are left out: they are relative to this very replica's peers).
+func internalBad(r *replicaData) bool {
+	if r.target.PulseAddr == "" {
+		return false
+	}
+	if r.pulse == nil || r.pulse.Kind != pulsereader.OK || r.pulse.Stale {
+		return true
+	}
+	return (!r.lastHB.SelfProbe.OK && !r.lastHB.SelfProbe.Time.IsZero()) || r.lastHB.Verdict == heartbeat.VerdictDegraded
+}
+
 // judge is the per-replica rule when the failure is not global.
 func (d *Detector) judge(r *replicaData, name string, e *external, pe *peers, now time.Time) (State, []string, time.Time) {
 	in := d.internal(r, pe)
@@ -707,9 +772,8 @@ func (d *Detector) judge(r *replicaData, name string, e *external, pe *peers, no
 	if r.canaryMiss >= d.th.CanaryMisses && pe.canaryOK.latestExcept(name).After(r.canaryMissSince) {
 		return Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.canaryWhy, r.canaryMiss)}, r.canaryMissSince
 	}
-	// A peer is a healthy witness when its probes are fine and one of them was sent after
-	// this replica began to fail: then the fault is this replica's, not everyone's.
-	if e.failing && (in.failing || in.gone) && pe.healthyOK.latestExcept(name).After(e.since.Add(witnessSlack)) {
+	// Both views fail, and a peer witnesses that the fault is this replica's alone.
+	if e.failing && (in.failing || in.gone) && !now.Before(d.globalEnded.Add(d.th.GlobalSettle)) && d.witness(name, e.since, now) {
 		reasons := append(append([]string{}, e.reasons...), in.reasons...)
 		return Degraded, reasons, e.since
 	}
@@ -759,3 +823,7 @@ func (d *Detector) judge(r *replicaData, name string, e *external, pe *peers, no
 // every replica within a few milliseconds of each other (an upstream outage) is not taken
 // for a local one.
 const witnessSlack = 5 * time.Millisecond
+
+// witnessClean: a witness must have failed no probe sent from this long before the
+// replica's first failure on.
+const witnessClean = 20 * time.Millisecond

@@ -569,3 +569,78 @@ func BenchmarkEvaluate100(b *testing.B) {
 		d.Evaluate(now)
 	}
 }
+
+// An overloaded host stalls every replica within a few milliseconds of each other for
+// 100-150 ms (both views time out): no replica is worse than its peers, so none is
+// degraded. (Stalls that start tens of milliseconds apart are indistinguishable from a
+// local fault within the detection target; the healer's own stalls are filtered as Late.)
+func TestStaggeredStallsAreNotLocal(t *testing.T) {
+	stalls := map[string][][2]time.Duration{
+		"a": {{faultAt, faultAt + 150*time.Millisecond}, {faultAt + 400*time.Millisecond, faultAt + 520*time.Millisecond}},
+		"b": {{faultAt + 8*time.Millisecond, faultAt + 160*time.Millisecond}, {faultAt + 390*time.Millisecond, faultAt + 500*time.Millisecond}},
+		"c": {{faultAt + 12*time.Millisecond, faultAt + 120*time.Millisecond}, {faultAt + 410*time.Millisecond, faultAt + 560*time.Millisecond}},
+	}
+	stalled := func(n string, s time.Duration) bool {
+		for _, w := range stalls[n] {
+			if s >= w[0] && s < w[1] {
+				return true
+			}
+		}
+		return false
+	}
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if stalled(n, s) {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if stalled(n, s) {
+				return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	got := simulate(t, sc, DefaultThresholds())
+	for n, trs := range got {
+		for _, tr := range trs {
+			if tr.To == Degraded {
+				t.Errorf("%s degraded by host-wide stalls: %v", n, tr)
+			}
+		}
+	}
+}
+
+// A global failure that ends unevenly: the last replica to recover is not degraded.
+// (TestStaggeredStallsAreNotLocal covers an episode too short to be declared global.)
+func TestUnevenRecoveryFromGlobal(t *testing.T) {
+	end := map[string]time.Duration{"a": faultAt + 600*time.Millisecond, "b": faultAt + 600*time.Millisecond, "c": faultAt + 750*time.Millisecond}
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if after(s) && s < end[n] {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if after(s) && s < end[n] {
+				return pulsereader.Result{Latency: 40 * time.Millisecond, Kind: pulsereader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	got := simulate(t, sc, DefaultThresholds())
+	sawGlobal := false
+	for n, trs := range got {
+		for _, tr := range trs {
+			if tr.To == Degraded {
+				t.Errorf("%s degraded after a global failure: %v", n, tr)
+			}
+			sawGlobal = sawGlobal || tr.To == Global
+		}
+	}
+	if !sawGlobal {
+		t.Error("no global verdict")
+	}
+}

@@ -176,7 +176,9 @@ func TestEngineRemediatesOneHungReplicaOnce(t *testing.T) {
 	rem := &recordingRemediator{}
 	buf, _ := runEngine(t, fakes, rem, nil)
 	fakes[1].broken.Store(true)
-	waitFor(t, func() bool { return strings.Contains(buf.String(), `"event":"remediation","replica":"b","action":"exec","dryRun":false,"result":"success"`) })
+	waitFor(t, func() bool {
+		return strings.Contains(buf.String(), `"event":"remediation","replica":"b","action":"exec","dryRun":false,"result":"success"`)
+	})
 	if !strings.Contains(buf.String(), `"replica":"b","from":"suspect","to":"degraded"`) && !strings.Contains(buf.String(), `"replica":"b","from":"healthy","to":"degraded"`) {
 		t.Errorf("no degraded line for b")
 	}
@@ -208,7 +210,9 @@ func TestEngineFollowerNeverActs(t *testing.T) {
 	rem := &recordingRemediator{}
 	buf, _ := runEngine(t, fakes, rem, leader(false))
 	fakes[1].broken.Store(true)
-	waitFor(t, func() bool { return strings.Contains(buf.String(), `"replica":"b","from":"suspect","to":"degraded"`) || strings.Contains(buf.String(), `"replica":"b","from":"healthy","to":"degraded"`) })
+	waitFor(t, func() bool {
+		return strings.Contains(buf.String(), `"replica":"b","from":"suspect","to":"degraded"`) || strings.Contains(buf.String(), `"replica":"b","from":"healthy","to":"degraded"`)
+	})
 	// The verdict is logged; the remediation (which a leader starts in the evaluation that
 	// judges it) never comes, through the whole episode until b recovers.
 	fakes[1].broken.Store(false)

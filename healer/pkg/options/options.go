@@ -193,6 +193,8 @@ type FileThresholds struct {
 	ServfailMargin   *float64  `json:"servfailMargin"`
 	NXDomainMargin   *float64  `json:"nxdomainMargin"`
 	PulseFailures    *int      `json:"pulseFailures"`
+	GlobalSettle     *Duration `json:"globalSettle"`
+	GlobalAfter      *Duration `json:"globalAfter"`
 }
 
 // FileGuards are the guards and timings that a file may set; the flag of the same
@@ -332,6 +334,8 @@ func (o *Options) applyFile(fs *pflag.FlagSet, f *File) {
 			th.NXDomainMargin = *t.NXDomainMargin
 		}
 		setInt(nil, "", &th.PulseFailures, t.PulseFailures)
+		setDur(nil, "", &th.GlobalSettle, t.GlobalSettle)
+		setDur(nil, "", &th.GlobalAfter, t.GlobalAfter)
 	}
 }
 

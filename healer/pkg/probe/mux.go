@@ -15,6 +15,14 @@ import (
 // errTimeout is what a probe that got no reply in time reports.
 var errTimeout = errors.New("timeout")
 
+// ErrLate is what a probe reports when its timeout fired much later than set: the healer
+// itself was not running (an overloaded node, a long GC), so a reply may well have been
+// waiting unread. Such a probe proves nothing about the replica and is not counted.
+var ErrLate = errors.New("healer stalled past the probe deadline: inconclusive")
+
+// lateSlack is how late a deadline may fire before the probe is inconclusive.
+const lateSlack = 10 * time.Millisecond
+
 // udpMux sends every probe to one replica over a single connected UDP socket and matches
 // replies by message ID. One socket per replica, instead of one per probe, keeps the
 // healer's cost per probe to two syscalls, which is what lets it probe 100 replicas every
@@ -125,8 +133,18 @@ func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 			}
 			return reply, nil
 		case <-ctx.Done():
+			select {
+			case reply := <-ch: // it came in while the timer fired: take it
+				if len(reply.Question) == 1 && strings.EqualFold(reply.Question[0].Name, q.Question[0].Name) {
+					return reply, nil
+				}
+			default:
+			}
 			forget()
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				if dl, ok := ctx.Deadline(); ok && time.Since(dl) > lateSlack {
+					return nil, ErrLate
+				}
 				return nil, errTimeout
 			}
 			return nil, ctx.Err()

@@ -29,9 +29,11 @@ type Result struct {
 	// Sent is when the query left; Latency how long the reply took (or the timeout).
 	Sent    time.Time
 	Latency time.Duration
-	// Err is set when no usable reply came: Timeout says whether it was a timeout.
+	// Err is set when no usable reply came: Timeout says whether it was a timeout, Late
+	// that the healer itself stalled past the deadline (inconclusive, see ErrLate).
 	Err     error
 	Timeout bool
+	Late    bool
 	Rcode   int
 	// AnswerKey is the answer set, canonical (see AnswerKey).
 	AnswerKey string
@@ -125,7 +127,7 @@ func (p *Pool) Sync(ctx context.Context, targets []replica.Target) {
 		if t.DNSAddr == "" {
 			continue
 		}
-		pr := &prober{pool: p, name: t.Name, addr: t.DNSAddr}
+		pr := &prober{pool: p, name: t.Name, addr: t.DNSAddr, boost: make(chan time.Duration, 1)}
 		pctx, cancel := context.WithCancel(ctx)
 		pr.cancel = cancel
 		p.probers[t.Name] = pr
@@ -144,6 +146,7 @@ type prober struct {
 	name   string
 	addr   string
 	cancel context.CancelFunc
+	boost  chan time.Duration
 
 	inFlight atomic.Int32
 	// baseline is the EWMA of this replica's successful probe latency in nanoseconds.
@@ -171,7 +174,12 @@ func (pr *prober) run(ctx context.Context) {
 	}
 	ticker := time.NewTicker(cfg.Interval)
 	defer ticker.Stop()
+	var boostedUntil time.Time
 	for {
+		if !boostedUntil.IsZero() && time.Now().After(boostedUntil) {
+			boostedUntil = time.Time{}
+			ticker.Reset(cfg.Interval)
+		}
 		if mux == nil {
 			m, err := dialMux(pr.addr)
 			if err != nil {
@@ -196,7 +204,29 @@ func (pr *prober) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case d := <-pr.boost:
+			boostedUntil = time.Now().Add(d)
+			ticker.Reset(max(cfg.Interval/BoostFactor, time.Millisecond))
 		}
+	}
+}
+
+// BoostFactor is how much faster a boosted replica is probed (see Pool.Boost).
+const BoostFactor = 4
+
+// Boost probes one replica BoostFactor times as often for d: the engine asks for it when
+// a replica turns suspect, so that the evidence for or against a verdict arrives sooner.
+// The global qps cap still applies.
+func (p *Pool) Boost(name string, d time.Duration) {
+	p.mu.Lock()
+	pr := p.probers[name]
+	p.mu.Unlock()
+	if pr == nil {
+		return
+	}
+	select {
+	case pr.boost <- d:
+	default: // a boost is already pending
 	}
 }
 
@@ -265,6 +295,7 @@ func Judge(res *Result, c Check, reply *dns.Msg, err error, fresh replica.Freshn
 	if err != nil {
 		res.Err = err
 		res.Timeout = errors.Is(err, errTimeout)
+		res.Late = errors.Is(err, ErrLate)
 		return
 	}
 	if reply == nil {

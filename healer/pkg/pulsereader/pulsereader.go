@@ -30,7 +30,13 @@ const (
 	// foreign body): the internal view is gone too, and the operator should look at the
 	// pulse address.
 	Invalid
+	// Late: the poll timed out, but its deadline fired long after it was due: the healer
+	// itself was not running, so the poll proves nothing (the detector ignores it).
+	Late
 )
+
+// lateSlack is how late a poll's deadline may fire before the poll is inconclusive.
+const lateSlack = 10 * time.Millisecond
 
 func (k Kind) String() string {
 	switch k {
@@ -38,6 +44,8 @@ func (k Kind) String() string {
 		return "ok"
 	case Unreachable:
 		return "unreachable"
+	case Late:
+		return "late"
 	default:
 		return "invalid"
 	}
@@ -117,7 +125,7 @@ func (p *Pool) Sync(ctx context.Context, targets []replica.Target) {
 		if t.PulseAddr == "" {
 			continue
 		}
-		r := &reader{pool: p, name: t.Name, addr: t.PulseAddr, url: "http://" + t.PulseAddr + heartbeat.Path}
+		r := &reader{pool: p, name: t.Name, addr: t.PulseAddr, url: "http://" + t.PulseAddr + heartbeat.Path, boost: make(chan time.Duration, 1)}
 		rctx, cancel := context.WithCancel(ctx)
 		r.cancel = cancel
 		p.readers[t.Name] = r
@@ -137,6 +145,7 @@ type reader struct {
 	addr   string
 	url    string
 	cancel context.CancelFunc
+	boost  chan time.Duration
 
 	inFlight atomic.Bool
 	baseline atomic.Int64
@@ -158,7 +167,12 @@ func (r *reader) run(ctx context.Context) {
 	}
 	ticker := time.NewTicker(cfg.Interval)
 	defer ticker.Stop()
+	var boostedUntil time.Time
 	for {
+		if !boostedUntil.IsZero() && time.Now().After(boostedUntil) {
+			boostedUntil = time.Time{}
+			ticker.Reset(cfg.Interval)
+		}
 		// One poll at a time per replica: a poll still waiting will report its own
 		// timeout, and a second one would only open another connection.
 		if r.inFlight.CompareAndSwap(false, true) {
@@ -178,7 +192,28 @@ func (r *reader) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case d := <-r.boost:
+			boostedUntil = time.Now().Add(d)
+			ticker.Reset(max(cfg.Interval/BoostFactor, time.Millisecond))
 		}
+	}
+}
+
+// BoostFactor is how much faster a boosted replica is polled (see Pool.Boost).
+const BoostFactor = 4
+
+// Boost polls one replica BoostFactor times as often for d: the engine asks for it when a
+// replica turns suspect, so that the internal view confirms or clears it sooner.
+func (p *Pool) Boost(name string, d time.Duration) {
+	p.mu.Lock()
+	r := p.readers[name]
+	p.mu.Unlock()
+	if r == nil {
+		return
+	}
+	select {
+	case r.boost <- d:
+	default:
 	}
 }
 
@@ -190,10 +225,14 @@ func (r *reader) timeout() time.Duration {
 
 func (r *reader) poll(ctx context.Context) Result {
 	res := Result{Replica: r.name, Sent: time.Now()}
-	pctx, cancel := context.WithTimeout(ctx, r.timeout())
+	timeout := r.timeout()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	hb, kind, err := Fetch(pctx, r.pool.client, r.url)
 	res.Latency = time.Since(res.Sent)
+	if kind == Unreachable && pctx.Err() != nil && res.Latency > timeout+lateSlack {
+		kind = Late
+	}
 	res.Kind, res.Err, res.HB = kind, err, hb
 	switch kind {
 	case OK:
