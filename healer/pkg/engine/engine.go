@@ -70,7 +70,7 @@ type Engine struct {
 	guards    *guards
 	targets   []replica.Target
 	byName    map[string]replica.Target
-	refused   map[string]string // refusal already recorded in this degraded episode
+	refused   map[string]string // guard whose refusal is already recorded in this episode
 	reasons   map[string][]string
 	globalSet []string
 	outcomes  chan outcome
@@ -367,8 +367,8 @@ func (e *Engine) remediate(ctx context.Context, now time.Time) {
 			continue
 		}
 		if !v.act {
-			if e.refused[t.Name] != v.why {
-				e.refused[t.Name] = v.why
+			if e.refused[t.Name] != v.guard {
+				e.refused[t.Name] = v.guard
 				e.cfg.Audit.Remediated(t.Name, "none", e.cfg.DryRun, "refused", v.why)
 				e.cfg.Metrics.Remediations.WithLabelValues("none", "refused").Inc()
 				e.mode.Notifier.Notify(t, "Warning", "RemediationSkipped", v.why)

@@ -39,29 +39,32 @@ type verdict struct {
 	// wait: not now, but no refusal to record either (in flight, retry backoff).
 	wait bool
 	why  string
+	// guard names the guard that said no, stable while the message's figures change, so
+	// that a refusal is recorded once per episode and guard.
+	guard string
 }
 
 // check decides on remediating t. states holds every replica's state, targets every replica.
 func (g *guards) check(now time.Time, t replica.Target, states map[string]detect.State, targets []replica.Target) verdict {
 	switch {
 	case !t.Ready:
-		return verdict{why: "replica is not Ready: it is not serving, nothing to gain"}
+		return verdict{guard: "ready", why: "replica is not Ready: it is not serving, nothing to gain"}
 	case !t.Remediable:
 		why := t.Why
 		if why == "" {
 			why = "not remediable"
 		}
-		return verdict{why: "replica is not remediable: " + why}
+		return verdict{guard: "remediable", why: "replica is not remediable: " + why}
 	case g.inFlight != "":
 		return verdict{wait: true, why: "remediation of " + g.inFlight + " in flight"}
 	case now.Before(g.retryAt[t.Name]):
 		return verdict{wait: true, why: fmt.Sprintf("retry after %s", g.retryAt[t.Name].Format(time.RFC3339))}
 	}
 	if last, ok := g.lastAction[t.Name]; ok && now.Sub(last) < g.cfg.Cooldown {
-		return verdict{why: fmt.Sprintf("--cooldown: replica remediated %s ago (< %s)", now.Sub(last).Round(time.Second), g.cfg.Cooldown)}
+		return verdict{guard: "cooldown", why: fmt.Sprintf("--cooldown: replica remediated %s ago (< %s)", now.Sub(last).Round(time.Second), g.cfg.Cooldown)}
 	}
 	if !g.lastAny.IsZero() && now.Sub(g.lastAny) < g.cfg.GlobalCooldown {
-		return verdict{why: fmt.Sprintf("--global-cooldown: last remediation %s ago (< %s)", now.Sub(g.lastAny).Round(time.Second), g.cfg.GlobalCooldown)}
+		return verdict{guard: "global-cooldown", why: fmt.Sprintf("--global-cooldown: last remediation %s ago (< %s)", now.Sub(g.lastAny).Round(time.Second), g.cfg.GlobalCooldown)}
 	}
 	degraded, healthy := 0, 0
 	for _, p := range targets {
@@ -75,10 +78,10 @@ func (g *guards) check(now time.Time, t replica.Target, states map[string]detect
 		}
 	}
 	if degraded > g.cfg.MaxDegraded {
-		return verdict{why: fmt.Sprintf("--max-degraded: %d replicas degraded (> %d): not a local fault, no action", degraded, g.cfg.MaxDegraded)}
+		return verdict{guard: "max-degraded", why: fmt.Sprintf("--max-degraded: %d replicas degraded (> %d): not a local fault, no action", degraded, g.cfg.MaxDegraded)}
 	}
 	if healthy < g.cfg.MinAvailable {
-		return verdict{why: fmt.Sprintf("--min-available: %d healthy peers (< %d) would remain", healthy, g.cfg.MinAvailable)}
+		return verdict{guard: "min-available", why: fmt.Sprintf("--min-available: %d healthy peers (< %d) would remain", healthy, g.cfg.MinAvailable)}
 	}
 	return verdict{act: true}
 }

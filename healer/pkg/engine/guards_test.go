@@ -78,7 +78,7 @@ func TestGuards(t *testing.T) {
 				tc.setup(g)
 			}
 			v := g.check(tc.now, tc.target, tc.states, ts)
-			if v.act != tc.act || v.wait != tc.wait || (tc.why != "" && !strings.Contains(v.why, tc.why)) {
+			if v.act != tc.act || v.wait != tc.wait || (tc.why != "" && !strings.Contains(v.why, tc.why)) || (!v.act && !v.wait && v.guard == "") {
 				t.Errorf("got %+v, want act=%v wait=%v why~%q", v, tc.act, tc.wait, tc.why)
 			}
 		})
