@@ -53,6 +53,10 @@ type ociIndex struct {
 type ociDescriptor struct {
 	MediaType string `json:"mediaType"`
 	Digest    string `json:"digest"`
+	Platform  *struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+	} `json:"platform,omitempty"`
 }
 
 type ociManifest struct {
@@ -107,8 +111,25 @@ func unpack(t *testing.T, name string) *image {
 	if len(index.Manifests) != 1 {
 		t.Fatalf("%s: index.json has %d manifests, want 1", archive, len(index.Manifests))
 	}
+	// Docker's `docker save` (containerd image store) may add a level: an image index
+	// whose manifests are per platform. Descend to this platform's manifest.
+	desc := index.Manifests[0]
+	for desc.MediaType == "application/vnd.oci.image.index.v1+json" {
+		var inner ociIndex
+		readJSON(t, blobPath(t, layout, desc.Digest), &inner)
+		found := false
+		for _, m := range inner.Manifests {
+			if m.Platform == nil || (m.Platform.OS == "linux" && m.Platform.Architecture == runtime.GOARCH) {
+				desc, found = m, true
+				break
+			}
+		}
+		if !found {
+			t.Fatalf("%s: no linux/%s manifest in the image index", archive, runtime.GOARCH)
+		}
+	}
 	var manifest ociManifest
-	readJSON(t, blobPath(t, layout, index.Manifests[0].Digest), &manifest)
+	readJSON(t, blobPath(t, layout, desc.Digest), &manifest)
 	img := &image{rootfs: t.TempDir(), xattrs: map[string]map[string]string{}}
 	readJSON(t, blobPath(t, layout, manifest.Config.Digest), &img.config)
 	if len(manifest.Layers) == 0 {
