@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"sigs.k8s.io/yaml"
+
+	"github.com/dnspulse/dnspulse/healer/pkg/kube"
 )
 
 // These tests need no image: they check build/coredns's manifests against kubeadm's
@@ -103,10 +105,11 @@ func TestDeploymentPatchOnKubeadm(t *testing.T) {
 	if !ok || pulse.ContainerPort != 9155 || pulse.Protocol != corev1.ProtocolTCP {
 		t.Errorf("no TCP port 9155 named pulse: %v", c.Ports)
 	}
-	if got := d.Spec.Template.Annotations["dnspulse.io/pulse-port"]; got != "9155" {
-		t.Errorf("annotation dnspulse.io/pulse-port = %q, want the pulse port 9155", got)
+	// The names the healer reads, from the healer's own constants.
+	if got := d.Spec.Template.Annotations[kube.AnnotationPulsePort]; got != "9155" {
+		t.Errorf("annotation %s = %q, want the pulse port 9155", kube.AnnotationPulsePort, got)
 	}
-	if !slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: "dnspulse.io/serving"}) {
+	if !slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: kube.ConditionServing}) {
 		t.Errorf("no readiness gate dnspulse.io/serving: %v", spec.ReadinessGates)
 	}
 	sc := c.SecurityContext
