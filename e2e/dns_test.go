@@ -368,3 +368,53 @@ func TestReadinessGateDrainsPod(t *testing.T) {
 		return err
 	})
 }
+
+// setCorefile replaces the coredns ConfigMap's Corefile.
+func setCorefile(ctx context.Context, corefile string) error {
+	cm, err := cl.Client.CoreV1().ConfigMaps(dnsNS).Get(ctx, "coredns", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	cm.Data["Corefile"] = corefile
+	_, err = cl.Client.CoreV1().ConfigMaps(dnsNS).Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
+
+// A ConfigMap change reaches every pod's volume, as with a kubelet, and CoreDNS's reload applies it.
+func TestConfigMapUpdateReachesPods(t *testing.T) {
+	ctx := context.Background()
+	cm, err := cl.Client.CoreV1().ConfigMaps(dnsNS).Get(ctx, "coredns", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := cm.Data["Corefile"]
+	const marker = "    kubernetes cluster.local"
+	if !strings.Contains(orig, marker) {
+		t.Fatalf("Corefile has no %q line", marker)
+	}
+	changed := strings.Replace(orig, marker, "    hosts {\n       192.0.2.55 cm-sync.test\n       fallthrough\n    }\n"+marker, 1)
+	if err := setCorefile(ctx, changed); err != nil {
+		t.Fatal(err)
+	}
+	pods := readyDNSPods(t, ctx)
+	t.Cleanup(func() {
+		if err := setCorefile(context.Background(), orig); err != nil {
+			t.Errorf("restore Corefile: %v", err)
+			return
+		}
+		for _, p := range pods {
+			eventually(t, 2*time.Minute, p.Name+" back on the original Corefile", func() error {
+				if answersA(p.Status.PodIP, "cm-sync.test", "192.0.2.55") == nil {
+					return fmt.Errorf("still answers from the changed Corefile")
+				}
+				return nil
+			})
+		}
+	})
+	for _, p := range pods {
+		// kubelet-like volume sync (5s) + the reload plugin's poll (30s + jitter).
+		eventually(t, 2*time.Minute, p.Name+" serves the changed Corefile", func() error {
+			return answersA(p.Status.PodIP, "cm-sync.test", "192.0.2.55")
+		})
+	}
+}

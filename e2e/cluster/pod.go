@@ -38,7 +38,10 @@ type podRunner struct {
 	net                *podNet
 	containers         []*container
 	terminating        bool
-	lossRule           string // probability of the Loss fault's iptables rules, "" when none
+	lossRule           string            // probability of the Loss fault's iptables rules, "" when none
+	cmSeen             map[string]string // ConfigMap volume -> resourceVersion written (run goroutine only)
+	lastCMVersion      string
+	lastCMSync         time.Time
 	delay              *delayer
 	lastReportedStatus *corev1.PodStatus
 }
@@ -48,7 +51,7 @@ func newPodRunner(n *Node, pod *corev1.Pod, slot int) *podRunner {
 		n: n, uid: pod.UID, ns: pod.Namespace, name: pod.Name, slot: slot,
 		dir:   filepath.Join(n.c.StateDir, "pods", string(pod.UID)),
 		pokeC: make(chan struct{}, 1), killC: make(chan struct{}),
-		startTime: metav1.Now(),
+		startTime: metav1.Now(), cmSeen: map[string]string{},
 	}
 }
 
@@ -125,6 +128,11 @@ func (r *podRunner) run() {
 				continue
 			}
 			r.startContainers(pod)
+			r.lastCMSync = time.Now()
+		}
+		if time.Since(r.lastCMSync) > 5*time.Second {
+			r.lastCMSync = time.Now()
+			r.syncConfigMaps(ctx, pod)
 		}
 		r.reportStatus(ctx, pod, nil)
 	}

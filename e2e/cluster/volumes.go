@@ -32,6 +32,9 @@ func (r *podRunner) writeVolumes(ctx context.Context, pod *corev1.Pod) error {
 		switch {
 		case v.ConfigMap != nil:
 			err = r.writeConfigMap(ctx, dir, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional)
+			if err == nil {
+				r.cmSeen[v.Name] = r.lastCMVersion
+			}
 		case v.Secret != nil:
 			err = r.writeSecret(ctx, dir, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
 		case v.EmptyDir != nil:
@@ -106,6 +109,7 @@ func (r *podRunner) writeConfigMap(ctx context.Context, dir, name string, items 
 		}
 		return fmt.Errorf("configMap %s: %w", name, err)
 	}
+	r.lastCMVersion = cm.ResourceVersion
 	data := map[string][]byte{}
 	for k, v := range cm.Data {
 		data[k] = []byte(v)
@@ -253,3 +257,23 @@ func (r *podRunner) mountScript(pod *corev1.Pod, ctr *corev1.Container) (string,
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func mkdirAll(dir string) error { return os.MkdirAll(dir, 0o755) }
+
+// syncConfigMaps rewrites a ConfigMap volume when its ConfigMap changed, as the kubelet does
+// (CoreDNS's reload plugin then applies a new Corefile). A file edited through VolumeDir stays as
+// edited until the ConfigMap itself changes.
+func (r *podRunner) syncConfigMaps(ctx context.Context, pod *corev1.Pod) {
+	for _, v := range pod.Spec.Volumes {
+		if v.ConfigMap == nil {
+			continue
+		}
+		cm, err := r.n.c.Client.CoreV1().ConfigMaps(r.ns).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
+		if err != nil || cm.ResourceVersion == r.cmSeen[v.Name] {
+			continue
+		}
+		if err := r.writeConfigMap(ctx, r.volumeDir(v.Name), v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional); err != nil {
+			r.logf("volume %s: %v", v.Name, err)
+			continue
+		}
+		r.cmSeen[v.Name] = r.lastCMVersion
+	}
+}
