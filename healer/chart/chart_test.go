@@ -428,7 +428,7 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 	}
 	// The other direction: what Kubernetes mode needs is there.
 	if !static && v.str("rbac.create") == "true" {
-		need := []string{"/pods:get", "/pods:list", "/pods:watch", "/pods/eviction:create", "/pods/status:patch",
+		need := []string{"/pods:get", "/pods:list", "/pods:watch", "/pods/eviction:create",
 			"discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 			"/events:create", "events.k8s.io/events:create"}
 		if v.str("canary.enabled") == "true" {
@@ -439,6 +439,11 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 		}
 		if v.str("remediation.allowDelete") == "true" {
 			need = append(need, "/pods:delete")
+		}
+		if v.str("remediation.readinessGate") == "true" {
+			need = append(need, "/pods/status:patch")
+		} else if granted["/pods/status:patch"] {
+			t.Error("pods/status patch granted without remediation.readinessGate")
 		}
 		for _, n := range need {
 			if !granted[n] {
