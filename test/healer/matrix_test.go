@@ -5,6 +5,9 @@ package healer_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -179,4 +182,36 @@ func TestHeavyNormalLoadOnOneReplica(t *testing.T) {
 	c := startCluster(t)
 	holdUnderLoad(t, c, "dns-b", 4000, func(int) string { return "load.test." },
 		func(w heartbeat.Window) bool { return w.Queries > 1500 }, "over 1500 queries a second at dns-b")
+}
+
+// Static mode's own remediation: --remediate-exec runs with the replica's name appended
+// (here a script that "restarts" the hung replica by resuming it), and the replica comes
+// back healthy.
+func TestRemediateExecReplacesReplica(t *testing.T) {
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "ran")
+	script := filepath.Join(dir, "restart.sh")
+	// The pid files are written below, before any fault, so the script finds them.
+	body := fmt.Sprintf("#!/bin/sh\necho \"$1\" >> %s\nkill -CONT $(cat %s/\"$1\".pid)\n", ran, dir)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, "--dry-run=false", "--remediate-exec", script)
+	for _, r := range c.replicas {
+		if err := os.WriteFile(filepath.Join(dir, r.name+".pid"), []byte(strconv.Itoa(r.cmd.Process.Pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].signal(t, syscall.SIGSTOP)
+	rem := c.audit.waitFrom(t, mark, verdictWithin, "the exec remediation of dns-b", func(l line) bool {
+		return l.Event == "remediation" && l.Replica == "dns-b"
+	})
+	if rem.DryRun || rem.Action != "exec" || rem.Result != "success" || !strings.Contains(rem.Message, "restart.sh dns-b") {
+		t.Fatalf("want a successful exec of the script with dns-b, got %s", rem.raw)
+	}
+	if b, err := os.ReadFile(ran); err != nil || strings.TrimSpace(string(b)) != "dns-b" {
+		t.Errorf("script ran for %q (%v), want dns-b once", b, err)
+	}
+	c.audit.waitFrom(t, mark, verdictWithin, "dns-b healthy again", isState("dns-b", "healthy"))
 }

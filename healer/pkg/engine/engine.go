@@ -292,6 +292,17 @@ func (e *Engine) sync(ctx context.Context) {
 	e.det.SetTargets(ts)
 	e.probes.Sync(ctx, ts)
 	e.pulses.Sync(ctx, ts)
+	// The qps cap skips probes rather than delaying them: say so when the schedule asks for
+	// more, since every replica is then probed less often than --probe-interval.
+	if pc := e.cfg.Probe; pc.Interval > 0 && pc.MaxQPS > 0 {
+		want := float64(len(ts)*len(e.probes.Checks())) / pc.Interval.Seconds()
+		if want > pc.MaxQPS {
+			msg := fmt.Sprintf("%d replicas x %d checks every %s want %.0f probes/s, above --max-probe-qps %.0f: probes will be skipped",
+				len(ts), len(e.probes.Checks()), pc.Interval, want, pc.MaxQPS)
+			e.log.Warn(msg)
+			e.cfg.Audit.Event("probe-qps-cap", msg, nil)
+		}
+	}
 }
 
 func (e *Engine) evaluate(ctx context.Context, now time.Time) {
