@@ -57,7 +57,7 @@ test-image: image ## Unpack both image archives, check their config and run thei
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
 
 e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the control plane once, ~10 min cold).
-	DNSPULSE_BIN_DIR=$(abspath $(BIN)) $(GO) test -count=1 -tags e2e -timeout 40m -v ./e2e/...
+	DNSPULSE_BIN_DIR=$(abspath $(BIN)) $(GO) test -count=1 -p 1 -tags e2e -timeout 40m -v ./e2e/...
 
 .PHONY: cluster-bins cluster cluster-down
 cluster-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, helm (cached outside the tree by pins).
@@ -80,9 +80,14 @@ bench-plugin: ## ServeDNS with and without pulse (benchstat) and dnsperf CPU per
 bench-detect: ## Healer detection latency per fault class, healthy soak (SOAK=10m, SHORT=1 for 1m), CPU/memory at 100 targets.
 	hack/bench-detect.sh
 
+.PHONY: bench-e2e
+bench-e2e: cluster-bins build ## In-cluster healing: each fault class ROUNDS times (default 10), fault to verdict/drained/replacement (root).
+	BIN=$(BIN) ROUNDS=$(ROUNDS) FAULTS=$(FAULTS) hack/bench-e2e.sh
+
 ##@ Run
 .PHONY: demo demo-local
-demo: demo-local ## The main job: see README.
+demo: cluster-bins build ## The main job: local cluster, healer by helm, one replica hung and healed, timeline; until Ctrl-C (DEMO_WAIT=0 ends after the story; root).
+	BIN=$(BIN) hack/demo.sh
 
 demo-local: build ## Three local CoreDNS replicas with pulse, the healer in static mode, one replica frozen and healed.
 	BIN=$(BIN) hack/demo-local.sh

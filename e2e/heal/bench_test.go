@@ -1,0 +1,94 @@
+//go:build e2e
+
+package heal
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchHealing is `make bench-e2e` (hack/bench-e2e.sh): every fault class injected
+// DNSPULSE_BENCH_ROUNDS times, with the median and worst time from the fault to the verdict, to
+// the pod leaving the kube-dns EndpointSlice's ready endpoints, and to a replacement answering.
+// The Markdown table goes to DNSPULSE_BENCH_OUT. Skipped unless DNSPULSE_BENCH_ROUNDS is set.
+func TestBenchHealing(t *testing.T) {
+	rounds, _ := strconv.Atoi(os.Getenv("DNSPULSE_BENCH_ROUNDS"))
+	if rounds <= 0 {
+		t.Skip("DNSPULSE_BENCH_ROUNDS not set (make bench-e2e)")
+	}
+	only := os.Getenv("DNSPULSE_BENCH_FAULTS") // comma-separated subset, default all
+	type series struct{ verdict, drained, serving []time.Duration }
+	results := map[string]*series{}
+	var order []string
+	for _, f := range Faults() {
+		if only != "" && !strings.Contains(","+only+",", ","+f.Name+",") {
+			continue
+		}
+		s := &series{}
+		results[f.Name] = s
+		order = append(order, f.Name)
+		for i := 1; i <= rounds; i++ {
+			ctx, pods := begin(t)
+			target, peers := pick(pods)
+			e, err := Heal(ctx, cl, obs, f, target, peers, DefaultLimits, nil)
+			if err != nil {
+				t.Fatalf("%s round %d: %v\n%s", f.Name, i, err, e.Timeline())
+			}
+			untouched(t, peers)
+			if t.Failed() {
+				t.FailNow()
+			}
+			drained := e.Drained
+			if drained.IsZero() || (!e.Evicted.IsZero() && e.Evicted.Before(drained)) {
+				drained = e.Evicted // terminating pods leave the ready endpoints too
+			}
+			s.verdict = append(s.verdict, e.VerdictSeen.Sub(e.Injected))
+			s.drained = append(s.drained, drained.Sub(e.Injected))
+			s.serving = append(s.serving, e.ReplAnswers.Sub(e.Injected))
+			t.Logf("%s round %d/%d: verdict %s, drained %s, replacement serving %s", f.Name, i, rounds,
+				ms(s.verdict[len(s.verdict)-1]), ms(s.drained[len(s.drained)-1]), ms(s.serving[len(s.serving)-1]))
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "| fault | rounds | verdict median | verdict worst | drained median | drained worst | replacement serving median | replacement serving worst |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|\n")
+	for _, name := range order {
+		s := results[name]
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", name, len(s.verdict),
+			ms(median(s.verdict)), ms(worst(s.verdict)), ms(median(s.drained)), ms(worst(s.drained)),
+			ms(median(s.serving)), ms(worst(s.serving)))
+	}
+	t.Logf("\n%s", b.String())
+	if out := os.Getenv("DNSPULSE_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func worst(ds []time.Duration) time.Duration {
+	var w time.Duration
+	for _, d := range ds {
+		w = max(w, d)
+	}
+	return w
+}

@@ -1,0 +1,568 @@
+//go:build e2e
+
+package heal
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
+	authv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// begin waits for three healthy replicas and, when the test fails, prints what the healer wrote
+// meanwhile (the cluster's logs are removed with it).
+func begin(t *testing.T) (context.Context, []PodRecord) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	t.Cleanup(cancel)
+	since := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range AuditSince(cl, since) {
+				t.Logf("audit %s", l)
+			}
+			for _, p := range obs.All() {
+				for _, ev := range p.Events {
+					if !ev.Seen.Before(since) {
+						t.Logf("event %s %s %s: %s", p.Name, ev.Type, ev.Reason, ev.Note)
+					}
+				}
+			}
+		}
+	})
+	pods, err := WaitSteady(ctx, cl, obs, 3, 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, pods
+}
+
+// untouched asserts the healthy replicas kept their pods: same UIDs, never drained, never
+// terminating, and no eviction Event.
+func untouched(t *testing.T, peers []PodRecord) {
+	t.Helper()
+	for _, p := range peers {
+		r, ok := obs.Pod(p.Name)
+		if !ok || r.UID != p.UID {
+			t.Errorf("healthy replica %s (uid %s) was replaced", p.Name, p.UID)
+			continue
+		}
+		if !r.Terminated.IsZero() || !r.Gone.IsZero() {
+			t.Errorf("healthy replica %s was terminated", p.Name)
+		}
+		if !r.GateFalse.IsZero() {
+			t.Errorf("healthy replica %s was drained (dnspulse.io/serving=False)", p.Name)
+		}
+		for _, ev := range r.Events {
+			if ev.Reason == "Evicted" || ev.Reason == "ReadinessGateSet" || ev.Reason == "EvictionBlocked" {
+				t.Errorf("healthy replica %s got Event %s: %s", p.Name, ev.Reason, ev.Note)
+			}
+		}
+	}
+}
+
+func pick(pods []PodRecord) (PodRecord, []PodRecord) {
+	return pods[0], append([]PodRecord(nil), pods[1:]...)
+}
+
+func checkEpisode(t *testing.T, e *Episode, err error) {
+	t.Helper()
+	t.Logf("timeline of %s on %s:\n%s", e.Fault, e.Pod, e.Timeline())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.DegradedEv.IsZero() {
+		t.Errorf("no ReplicaDegraded Event on %s", e.Pod)
+	}
+	if e.EvictedEv.IsZero() {
+		t.Errorf("no Evicted Event on %s", e.Pod)
+	}
+	if e.GateFalse.IsZero() {
+		t.Errorf("the readiness gate of %s was never set False before the eviction", e.Pod)
+	} else if !e.Evicted.IsZero() && e.GateFalse.After(e.Evicted) {
+		t.Errorf("the readiness gate of %s was set False after the eviction", e.Pod)
+	}
+	if e.Remediation.Raw == "" {
+		t.Errorf("no remediation audit line with result success for %s", e.Pod)
+	} else if e.Remediation.Action != "evict" || e.Remediation.DryRun {
+		t.Errorf("remediation of %s: %s", e.Pod, e.Remediation.Raw)
+	}
+	untouched(t, e.Peers)
+}
+
+// Each single-replica fault: degraded verdict, Event, gate False, eviction, Ready replacement that
+// answers, peers untouched.
+func TestSingleReplicaFaults(t *testing.T) {
+	for _, f := range Faults() {
+		t.Run(f.Name, func(t *testing.T) {
+			ctx, pods := begin(t)
+			target, peers := pick(pods)
+			e, err := Heal(ctx, cl, obs, f, target, peers, DefaultLimits, nil)
+			checkEpisode(t, e, err)
+			if e.Verdict.Raw != "" {
+				t.Logf("verdict: %s", e.Verdict.Raw)
+			}
+		})
+	}
+}
+
+// noEviction asserts that no CoreDNS pod was terminated and no eviction succeeded since since.
+func noEviction(t *testing.T, since time.Time, pods []PodRecord) {
+	t.Helper()
+	for _, p := range pods {
+		if r, _ := obs.Pod(p.Name); !r.Terminated.IsZero() || !r.Gone.IsZero() || r.UID != p.UID {
+			t.Errorf("pod %s was terminated", p.Name)
+		}
+	}
+	for _, l := range AuditSince(cl, since) {
+		if l.Event == "remediation" && (l.Result == "success" || (l.Action == "delete")) {
+			t.Errorf("remediation where none is allowed: %s", l)
+		}
+	}
+}
+
+// Every replica failing at once (the upstream answers SERVFAIL, or nothing, for everybody): global, an Event,
+// no eviction. Evicting would not help and would cost capacity.
+func TestGlobalFailureNoEviction(t *testing.T) {
+	for _, m := range []struct {
+		name string
+		mode cluster.UpstreamMode
+	}{{"servfail", cluster.UpstreamServfail}, {"drop", cluster.UpstreamDrop}} {
+		t.Run(m.name, func(t *testing.T) { globalFailure(t, m.mode) })
+	}
+}
+
+func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
+	ctx, pods := begin(t)
+	t0 := time.Now()
+	cl.Upstream.SetMode(mode)
+	t.Cleanup(func() { cl.Upstream.SetMode(cluster.UpstreamAnswer) })
+	var global AuditLine
+	err := obs.Wait(ctx, time.Minute, "a global verdict", func() bool {
+		var ok bool
+		global, ok = FindAudit(cl, t0, func(l AuditLine) bool { return l.Event == "global" && l.Active })
+		return ok
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs global: %s", global.Time.Sub(t0).Seconds(), global.Raw)
+	if len(global.Replicas) != len(pods) {
+		t.Errorf("global names %v, want all %d replicas", global.Replicas, len(pods))
+	}
+	err = obs.Wait(ctx, 30*time.Second, "an Event GlobalDNSFailure", func() bool {
+		for _, p := range pods {
+			r, _ := obs.Pod(p.Name)
+			for _, ev := range r.Events {
+				if ev.Reason == "GlobalDNSFailure" && !ev.Seen.Before(t0) {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// Keep the outage going for several healer cycles (global cooldown 2s, backoff 1s): a healer
+	// that would evict does it within this window (it took < 10s in every single-replica case).
+	hold := time.Now().Add(10 * time.Second)
+	_ = obs.Wait(ctx, 11*time.Second, "the end of the outage window", func() bool {
+		for _, p := range pods {
+			if r, _ := obs.Pod(p.Name); !r.Terminated.IsZero() || !r.GateFalse.IsZero() {
+				return true
+			}
+		}
+		return time.Now().After(hold)
+	})
+	noEviction(t, t0, pods)
+	untouched(t, pods)
+	cl.Upstream.SetMode(cluster.UpstreamAnswer)
+	t1 := time.Now()
+	if err := obs.Wait(ctx, time.Minute, "the global verdict to end", func() bool {
+		_, ok := FindAudit(cl, t1, func(l AuditLine) bool { return l.Event == "global" && !l.Active })
+		return ok
+	}); err != nil {
+		t.Error(err)
+	}
+	noEviction(t, t0, pods)
+}
+
+func setPDB(ctx context.Context, maxUnavailable int) error {
+	patch := fmt.Sprintf(`{"spec":{"maxUnavailable":%d}}`, maxUnavailable)
+	_, err := cl.Client.PolicyV1().PodDisruptionBudgets(DNSNamespace).Patch(ctx, "coredns", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	return err
+}
+
+// A PDB that allows no disruption: the healer is refused (429), says so (audit "blocked", Event
+// EvictionBlocked), retries with backoff, never deletes; once the PDB allows it, it evicts.
+func TestPDBBlocksEviction(t *testing.T) {
+	ctx, pods := begin(t)
+	target, peers := pick(pods)
+	if err := setPDB(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = setPDB(context.Background(), 1) })
+	// The PDB controller must have computed disruptionsAllowed=0 before the fault.
+	if err := obs.Wait(ctx, time.Minute, "PDB disruptionsAllowed=0", func() bool {
+		pdb, err := cl.Client.PolicyV1().PodDisruptionBudgets(DNSNamespace).Get(ctx, "coredns", metav1.GetOptions{})
+		return err == nil && pdb.Status.ObservedGeneration == pdb.Generation && pdb.Status.DisruptionsAllowed == 0
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A fault that leaves the pod Ready (its HTTP /ready keeps answering): a hung pod turns
+	// unready by its own readiness probe, and the healer rightly stops trying to evict it.
+	f, _ := FaultNamed("upstream")
+	t0 := time.Now()
+	undo, err := f.Inject(ctx, cl, target.Name)
+	t.Cleanup(undo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocked []AuditLine
+	err = obs.Wait(ctx, 90*time.Second, "two blocked eviction attempts", func() bool {
+		blocked = nil
+		for _, l := range AuditSince(cl, t0) {
+			if l.Event == "remediation" && l.Replica == target.Name && l.Result == "blocked" {
+				blocked = append(blocked, l)
+			}
+		}
+		return len(blocked) >= 2
+	})
+	for _, l := range blocked {
+		t.Logf("+%.3fs %s", l.Time.Sub(t0).Seconds(), l.Raw)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gap := blocked[1].Time.Sub(blocked[0].Time); gap < time.Second {
+		t.Errorf("retry %v after the first refusal: no backoff (--retry-backoff 1s)", gap)
+	}
+	r, _ := obs.Pod(target.Name)
+	hasBlockedEvent := false
+	for _, ev := range r.Events {
+		hasBlockedEvent = hasBlockedEvent || ev.Reason == "EvictionBlocked"
+	}
+	if !hasBlockedEvent {
+		t.Error("no EvictionBlocked Event on the pod")
+	}
+	noEviction(t, t0, pods)
+	untouched(t, peers)
+
+	// Allowed again: the next retry evicts.
+	if err := setPDB(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := obs.Wait(ctx, time.Minute, "the eviction once the PDB allows it", func() bool {
+		r, _ := obs.Pod(target.Name)
+		return !r.Terminated.IsZero() || !r.Gone.IsZero()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs evicted after the PDB allowed it", time.Since(t0).Seconds())
+	for _, l := range AuditSince(cl, t0) {
+		if l.Event == "remediation" && l.Action == "delete" {
+			t.Errorf("the healer deleted instead of evicting: %s", l)
+		}
+	}
+	untouched(t, peers)
+}
+
+// waitLeader waits for a leader audit line after since and returns the leading healer pod.
+func waitLeader(ctx context.Context, since time.Time) (string, error) {
+	var pod string
+	err := obs.Wait(ctx, 2*time.Minute, "a leading healer", func() bool {
+		lease, err := cl.Client.CoordinationV1().Leases(HealerNamespace).Get(ctx, "dnspulse-healer", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+			return false
+		}
+		id := *lease.Spec.HolderIdentity
+		pod = id[:max(strings.LastIndex(id, "_"), 0)]
+		if lease.Spec.RenewTime == nil || lease.Spec.RenewTime.Time.Before(since) {
+			return false
+		}
+		p, err := cl.Client.CoreV1().Pods(HealerNamespace).Get(ctx, pod, metav1.GetOptions{})
+		return err == nil && p.DeletionTimestamp == nil
+	})
+	return pod, err
+}
+
+// Dry-run: verdicts and Events, never an eviction.
+func TestDryRun(t *testing.T) {
+	ctx, _ := begin(t)
+	t.Cleanup(func() {
+		if err := Install(context.Background(), cl, root, ""); err != nil {
+			t.Errorf("back to acting: %v", err)
+		}
+	})
+	t0 := time.Now()
+	if err := Install(ctx, cl, root, "remediation:\n  dryRun: true\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waitLeader(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	_, pods := begin(t)
+	target, _ := pick(pods)
+	t1 := time.Now()
+	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Thaw(DNSNamespace, target.Name) })
+	var dry AuditLine
+	if err := obs.Wait(ctx, time.Minute, "a dry-run remediation line", func() bool {
+		var ok bool
+		dry, ok = FindAudit(cl, t1, func(l AuditLine) bool {
+			return l.Event == "remediation" && l.Replica == target.Name && l.Result == "dry-run"
+		})
+		return ok
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs %s", dry.Time.Sub(t1).Seconds(), dry.Raw)
+	if !dry.DryRun {
+		t.Errorf("dry-run line without dryRun=true: %s", dry.Raw)
+	}
+	if _, ok := FindAudit(cl, t1, func(l AuditLine) bool {
+		return l.Event == "state" && l.Replica == target.Name && l.To == "degraded"
+	}); !ok {
+		t.Error("no degraded verdict in the audit log")
+	}
+	if err := obs.Wait(ctx, 30*time.Second, "an Event ReplicaDegraded", func() bool {
+		r, _ := obs.Pod(target.Name)
+		for _, ev := range r.Events {
+			if ev.Reason == "ReplicaDegraded" && !ev.Seen.Before(t1) {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Error(err)
+	}
+	// Hold the fault over several remediation cycles (global cooldown 2s).
+	hold := time.Now().Add(8 * time.Second)
+	_ = obs.Wait(ctx, 9*time.Second, "the end of the dry-run window", func() bool {
+		r, _ := obs.Pod(target.Name)
+		return !r.Terminated.IsZero() || !r.GateFalse.IsZero() || time.Now().After(hold)
+	})
+	noEviction(t, t1, pods)
+	untouched(t, pods)
+	if err := cl.Thaw(DNSNamespace, target.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Kill the leading healer (SIGKILL, so it cannot release its Lease): the other takes over within
+// the lease duration and goes on healing.
+func TestLeaderFailover(t *testing.T) {
+	ctx, pods := begin(t)
+	leader, err := waitLeader(ctx, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := cl.PodPID(HealerNamespace, leader, "healer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var next string
+	err = obs.Wait(ctx, time.Minute, "another healer to take the Lease", func() bool {
+		lease, err := cl.Client.CoordinationV1().Leases(HealerNamespace).Get(ctx, "dnspulse-healer", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			return false
+		}
+		id := *lease.Spec.HolderIdentity
+		next = id[:max(strings.LastIndex(id, "_"), 0)]
+		return next != "" && next != leader
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	t.Logf("leader %s killed; %s leads after %s (lease duration 15s, retry period 2s)", leader, next, took.Round(time.Millisecond))
+	if took > 15*time.Second+2*time.Second+5*time.Second {
+		t.Errorf("takeover took %s, more than the lease duration plus a retry period (and 5s slack for this machine)", took)
+	}
+	target, peers := pick(pods)
+	f, _ := FaultNamed("hung")
+	e, err := Heal(ctx, cl, obs, f, target, peers, DefaultLimits, nil)
+	checkEpisode(t, e, err)
+	if e.Remediation.Raw != "" && e.Remediation.Pod != next {
+		t.Errorf("the eviction was done by %s, not the new leader %s", e.Remediation.Pod, next)
+	}
+}
+
+// The apiserver goes away mid-run: the healer keeps probing (a verdict while it is down), takes no
+// action it cannot confirm, and once the apiserver is back it heals.
+func TestAPIServerRestart(t *testing.T) {
+	ctx, pods := begin(t)
+	target, peers := pick(pods)
+	t0 := time.Now()
+	if err := cl.StopAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cl.StartAPIServer(context.Background()); err != nil {
+			t.Errorf("restarting the apiserver: %v", err)
+		}
+	})
+	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Thaw(DNSNamespace, target.Name) })
+	var verdict AuditLine
+	err := obs.Wait(ctx, 20*time.Second, "a degraded verdict while the apiserver is down", func() bool {
+		var ok bool
+		verdict, ok = FindAudit(cl, t0, func(l AuditLine) bool {
+			return l.Event == "state" && l.Replica == target.Name && l.To == "degraded"
+		})
+		return ok
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs verdict with the apiserver down: %s", verdict.Time.Sub(t0).Seconds(), verdict.Raw)
+	down := time.Now()
+	for _, l := range AuditSince(cl, t0) {
+		if l.Event == "remediation" {
+			t.Logf("+%.3fs while down: %s", l.Time.Sub(t0).Seconds(), l.Raw)
+			if l.Result == "success" {
+				t.Errorf("a remediation reported success while the apiserver was down: %s", l)
+			}
+		}
+	}
+	if err := cl.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs apiserver back (down %.1fs)", time.Since(t0).Seconds(), time.Since(t0).Seconds())
+	_ = down
+	if err := obs.Wait(ctx, 2*time.Minute, "the eviction after the apiserver came back", func() bool {
+		r, _ := obs.Pod(target.Name)
+		return !r.Terminated.IsZero() || !r.Gone.IsZero()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs %s evicted", time.Since(t0).Seconds(), target.Name)
+	known := map[string]bool{target.Name: true}
+	for _, p := range peers {
+		known[p.Name] = true
+	}
+	if err := obs.Wait(ctx, 2*time.Minute, "a Ready replacement", func() bool {
+		for _, p := range obs.ReadyPods() {
+			if !known[p.Name] && Query("udp", p.IP, "kubernetes.default.svc.cluster.local", time.Second) == nil {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs replacement serving", time.Since(t0).Seconds())
+	untouched(t, peers)
+}
+
+// pulse's Lease heartbeat: one Lease per replica, named after its pod, renewed, with the verdict.
+func TestPulseLeases(t *testing.T) {
+	ctx, pods := begin(t)
+	for _, p := range pods {
+		var first string
+		err := obs.Wait(ctx, 30*time.Second, "a renewed Lease of "+p.Name, func() bool {
+			l, err := cl.Client.CoordinationV1().Leases(DNSNamespace).Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			seq := l.Annotations["dnspulse.io/seq"]
+			if first == "" {
+				first = seq
+				return false
+			}
+			return seq != first && l.Annotations["dnspulse.io/verdict"] == "healthy" && l.Annotations["dnspulse.io/summary"] != ""
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// The chart's RBAC is least privilege: what the healer needs, and nothing of the rest.
+func TestRBAC(t *testing.T) {
+	ctx := context.Background()
+	d, err := cl.Client.AppsV1().Deployments(HealerNamespace).Get(ctx, Release, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := "system:serviceaccount:" + HealerNamespace + ":" + d.Spec.Template.Spec.ServiceAccountName
+	type check struct {
+		ns, group, resource, sub, verb, name string
+		want                                 bool
+	}
+	checks := []check{
+		{DNSNamespace, "", "pods", "", "list", "", true},
+		{DNSNamespace, "", "pods", "", "watch", "", true},
+		{DNSNamespace, "", "pods", "eviction", "create", "", true},
+		{DNSNamespace, "", "pods", "status", "patch", "", true},
+		{DNSNamespace, "discovery.k8s.io", "endpointslices", "", "watch", "", true},
+		{DNSNamespace, "events.k8s.io", "events", "", "create", "", true},
+		{HealerNamespace, "", "services", "", "update", "dnspulse-canary", true},
+		{HealerNamespace, "coordination.k8s.io", "leases", "", "update", "dnspulse-healer", true},
+		{HealerNamespace, "coordination.k8s.io", "leases", "", "create", "", true},
+
+		{DNSNamespace, "", "pods", "", "delete", "", false},
+		{DNSNamespace, "", "pods", "", "update", "", false},
+		{DNSNamespace, "", "pods", "", "create", "", false},
+		{DNSNamespace, "", "secrets", "", "get", "", false},
+		{DNSNamespace, "", "secrets", "", "list", "", false},
+		{HealerNamespace, "", "secrets", "", "get", "", false},
+		{DNSNamespace, "", "configmaps", "", "update", "coredns", false},
+		{DNSNamespace, "apps", "deployments", "", "update", "coredns", false},
+		{HealerNamespace, "", "services", "", "update", "kubernetes", false},
+		{HealerNamespace, "", "services", "", "delete", "dnspulse-canary", false},
+		{HealerNamespace, "coordination.k8s.io", "leases", "", "update", "another", false},
+		{DNSNamespace, "coordination.k8s.io", "leases", "", "update", "", false},
+		{"default", "", "pods", "eviction", "create", "", false},
+		{"default", "", "pods", "", "list", "", false},
+		{"default", "", "pods", "status", "patch", "", false},
+		{"", "", "nodes", "", "list", "", false},
+		{"", "", "namespaces", "", "list", "", false},
+	}
+	for _, c := range checks {
+		sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + HealerNamespace, "system:authenticated"},
+			ResourceAttributes: &authv1.ResourceAttributes{Namespace: c.ns, Group: c.group, Resource: c.resource,
+				Subresource: c.sub, Verb: c.verb, Name: c.name},
+		}}
+		got, err := cl.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		what := fmt.Sprintf("%s %s/%s %s (ns %q, name %q)", c.verb, c.resource, c.sub, c.group, c.ns, c.name)
+		if got.Status.Allowed != c.want {
+			t.Errorf("%s may %s: allowed=%v, want %v (%s)", user, what, got.Status.Allowed, c.want, got.Status.Reason)
+		}
+	}
+	// The running healer pods use exactly that ServiceAccount.
+	pods, err := cl.Client.CoreV1().Pods(HealerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + Release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) == 0 {
+		t.Fatal("no healer pods")
+	}
+	for _, p := range pods.Items {
+		if p.Spec.ServiceAccountName != d.Spec.Template.Spec.ServiceAccountName || p.Status.Phase != corev1.PodRunning {
+			t.Errorf("healer pod %s: ServiceAccount %s, phase %s", p.Name, p.Spec.ServiceAccountName, p.Status.Phase)
+		}
+	}
+}

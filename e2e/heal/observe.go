@@ -1,0 +1,366 @@
+package heal
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+)
+
+// ConditionServing is the readiness-gate condition the healer owns.
+const ConditionServing = corev1.PodConditionType("dnspulse.io/serving")
+
+// PodRecord is what the Observer saw of one CoreDNS pod, with the local time of each first sighting.
+type PodRecord struct {
+	Name       string
+	UID        types.UID
+	Owner      types.UID // controlling ReplicaSet
+	IP         string
+	FirstSeen  time.Time
+	Ready      time.Time // first Ready=True
+	GateFalse  time.Time // first dnspulse.io/serving=False
+	InSlice    time.Time // first ready endpoint in the kube-dns EndpointSlice
+	Drained    time.Time // first time out of the slice's ready endpoints after having been in
+	Terminated time.Time // first deletionTimestamp
+	Gone       time.Time // deleted from the API
+	Events     []Event
+	podReady   bool
+}
+
+// Event is a Kubernetes Event on a pod, with the local time the Observer received it.
+type Event struct {
+	Seen     time.Time
+	Type     string
+	Reason   string
+	Note     string
+	Reporter string
+}
+
+// Observer watches the CoreDNS pods, the kube-dns EndpointSlices and the Events in the DNS
+// namespace with informers, so that no transition is missed between two polls (the readiness gate
+// is False only for the moment between drain and eviction).
+type Observer struct {
+	mu      sync.Mutex
+	pods    map[types.UID]*PodRecord
+	byName  map[string]*PodRecord
+	inSlice map[types.UID]bool // ready in the kube-dns EndpointSlice now
+	changed chan struct{}
+	stop    context.CancelFunc
+}
+
+// Observe starts an Observer; Close stops it.
+func Observe(ctx context.Context, c *cluster.Cluster) (*Observer, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	o := &Observer{pods: map[types.UID]*PodRecord{}, byName: map[string]*PodRecord{}, inSlice: map[types.UID]bool{}, changed: make(chan struct{}), stop: cancel}
+	f := informers.NewSharedInformerFactoryWithOptions(c.Client, 0, informers.WithNamespace(DNSNamespace))
+	pods := f.Core().V1().Pods().Informer()
+	slices := f.Discovery().V1().EndpointSlices().Informer()
+	events := f.Events().V1().Events().Informer()
+	handler := func(fn func(obj any, deleted bool)) cache.ResourceEventHandler {
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { fn(obj, false) },
+			UpdateFunc: func(_, obj any) { fn(obj, false) },
+			DeleteFunc: func(obj any) {
+				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = d.Obj
+				}
+				fn(obj, true)
+			},
+		}
+	}
+	for _, reg := range []struct {
+		inf cache.SharedIndexInformer
+		fn  func(any, bool)
+	}{{pods, o.onPod}, {slices, o.onSlice}, {events, o.onEvent}} {
+		if _, err := reg.inf.AddEventHandler(handler(reg.fn)); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	f.Start(ctx.Done())
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			cancel()
+			return nil, fmt.Errorf("informer for %v did not sync", typ)
+		}
+	}
+	return o, nil
+}
+
+// Close stops the informers.
+func (o *Observer) Close() { o.stop() }
+
+func (o *Observer) notify() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+func (o *Observer) record(p *corev1.Pod) *PodRecord {
+	r := o.pods[p.UID]
+	if r == nil {
+		r = &PodRecord{Name: p.Name, UID: p.UID, FirstSeen: time.Now()}
+		if ref := metav1.GetControllerOf(p); ref != nil {
+			r.Owner = ref.UID
+		}
+		if old := o.byName[p.Name]; old != nil && old.UID == types.UID("name:"+p.Name) {
+			r.Events = old.Events // Events that came before the pod
+		}
+		// The slice informer may have delivered the pod's endpoint before the pod informer the pod.
+		if o.inSlice[p.UID] {
+			r.InSlice = r.FirstSeen
+		}
+		o.pods[p.UID] = r
+		o.byName[p.Name] = r
+	}
+	return r
+}
+
+func (o *Observer) onPod(obj any, deleted bool) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Labels["k8s-app"] != "kube-dns" {
+		return
+	}
+	now := time.Now()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r := o.record(p)
+	if p.Status.PodIP != "" {
+		r.IP = p.Status.PodIP
+	}
+	r.podReady = false
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			r.podReady = true
+			if r.Ready.IsZero() {
+				r.Ready = now
+			}
+		}
+		if cond.Type == ConditionServing && cond.Status == corev1.ConditionFalse && r.GateFalse.IsZero() {
+			r.GateFalse = now
+		}
+	}
+	if p.DeletionTimestamp != nil && r.Terminated.IsZero() {
+		r.Terminated = now
+	}
+	if deleted && r.Gone.IsZero() {
+		r.Gone = now
+		r.podReady = false
+	}
+	o.notify()
+}
+
+func (o *Observer) onSlice(obj any, deleted bool) {
+	s, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || s.Labels[discoveryv1.LabelServiceName] != "kube-dns" {
+		return
+	}
+	now := time.Now()
+	ready := map[types.UID]bool{}
+	if !deleted {
+		for _, ep := range s.Endpoints {
+			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+				ready[ep.TargetRef.UID] = true
+			}
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.inSlice = ready
+	for uid, r := range o.pods {
+		if ready[uid] {
+			if r.InSlice.IsZero() {
+				r.InSlice = now
+			}
+		} else if !r.InSlice.IsZero() && r.Drained.IsZero() {
+			r.Drained = now
+		}
+	}
+	o.notify()
+}
+
+func (o *Observer) onEvent(obj any, deleted bool) {
+	e, ok := obj.(*eventsv1.Event)
+	if !ok || deleted || e.Regarding.Kind != "Pod" {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r := o.byName[e.Regarding.Name]
+	if r == nil {
+		// An Event may arrive before the pod's informer delivered it, or after it went away; keep it
+		// under its name.
+		r = &PodRecord{Name: e.Regarding.Name, UID: types.UID("name:" + e.Regarding.Name), FirstSeen: time.Now()}
+		o.byName[r.Name] = r
+	}
+	for _, have := range r.Events {
+		if have.Reason == e.Reason && have.Note == e.Note {
+			return // an update of a series we already have
+		}
+	}
+	r.Events = append(r.Events, Event{Seen: time.Now(), Type: e.Type, Reason: e.Reason, Note: e.Note, Reporter: e.ReportingController})
+	o.notify()
+}
+
+// Pod returns a copy of the record of the pod named name.
+func (o *Observer) Pod(name string) (PodRecord, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r := o.byName[name]
+	if r == nil {
+		return PodRecord{}, false
+	}
+	cp := *r
+	cp.Events = append([]Event(nil), r.Events...)
+	return cp, true
+}
+
+// ReadyPods are the CoreDNS pods that are Ready, not terminating, and ready in the EndpointSlice,
+// sorted by name.
+func (o *Observer) ReadyPods() []PodRecord {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []PodRecord
+	for _, r := range o.pods {
+		if r.podReady && r.Terminated.IsZero() && r.Gone.IsZero() && o.inSlice[r.UID] && r.IP != "" {
+			cp := *r
+			cp.Events = append([]Event(nil), r.Events...)
+			out = append(out, cp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// All returns copies of every record, pods first seen first.
+func (o *Observer) All() []PodRecord {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []PodRecord
+	for _, r := range o.byName {
+		cp := *r
+		cp.Events = append([]Event(nil), r.Events...)
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].FirstSeen.Before(out[j].FirstSeen) })
+	return out
+}
+
+// Wait calls cond on every change the informers deliver (and at least every 200 ms, for
+// conditions on other sources such as the audit log) until it returns true or timeout passes.
+func (o *Observer) Wait(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		o.mu.Lock()
+		ch := o.changed
+		o.mu.Unlock()
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting %s for %s: %w", timeout, what, ctx.Err())
+		case <-ch:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// AuditLine is one line of the healer's audit log (every event kind in one struct).
+type AuditLine struct {
+	Time     time.Time      `json:"-"`
+	RawTime  string         `json:"time"`
+	Event    string         `json:"event"`
+	Replica  string         `json:"replica"`
+	From     string         `json:"from"`
+	To       string         `json:"to"`
+	Reasons  []string       `json:"reasons"`
+	Action   string         `json:"action"`
+	DryRun   bool           `json:"dryRun"`
+	Result   string         `json:"result"`
+	Message  string         `json:"message"`
+	Active   bool           `json:"active"`
+	Replicas []string       `json:"replicas"`
+	Fields   map[string]any `json:"fields"`
+	// Pod is the healer pod whose log held the line.
+	Pod string `json:"-"`
+	Raw string `json:"-"`
+}
+
+func (l AuditLine) String() string { return l.Pod + ": " + l.Raw }
+
+// Audit reads the audit lines of every healer pod so far: the chart sends the audit log to stdout,
+// which the node agent writes to LogDir/pods/<ns>_<pod>_healer.log (appended across restarts).
+func Audit(c *cluster.Cluster) ([]AuditLine, error) {
+	files, err := filepath.Glob(filepath.Join(c.LogDir, "pods", HealerNamespace+"_*_healer.log"))
+	if err != nil {
+		return nil, err
+	}
+	var out []AuditLine
+	for _, f := range files {
+		pod := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), HealerNamespace+"_"), "_healer.log")
+		fh, err := os.Open(f)
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.HasPrefix(line, "{") || !strings.Contains(line, `"event"`) {
+				continue
+			}
+			var a AuditLine
+			if json.Unmarshal([]byte(line), &a) != nil || a.Event == "" {
+				continue
+			}
+			a.Time, _ = time.Parse(time.RFC3339Nano, a.RawTime)
+			a.Pod, a.Raw = pod, line
+			out = append(out, a)
+		}
+		fh.Close()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, nil
+}
+
+// FindAudit returns the first audit line at or after since that match accepts.
+func FindAudit(c *cluster.Cluster, since time.Time, match func(AuditLine) bool) (AuditLine, bool) {
+	lines, err := Audit(c)
+	if err != nil {
+		return AuditLine{}, false
+	}
+	for _, l := range lines {
+		if !l.Time.Before(since) && match(l) {
+			return l, true
+		}
+	}
+	return AuditLine{}, false
+}
+
+// AuditSince returns every audit line at or after since.
+func AuditSince(c *cluster.Cluster, since time.Time) []AuditLine {
+	lines, _ := Audit(c)
+	var out []AuditLine
+	for _, l := range lines {
+		if !l.Time.Before(since) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
