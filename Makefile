@@ -4,6 +4,8 @@ GO          ?= go
 OUTPUT      ?= _output
 BIN         ?= $(OUTPUT)/bin
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Evaluated once, so the binaries and the image labels of one make run agree.
+VERSION     := $(VERSION)
 GIT_COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     ?= -s -w -X main.GitCommit=$(GIT_COMMIT) -X github.com/dnspulse/dnspulse/healer/version.Version=$(VERSION)
 GOFLAGS_BUILD ?= -trimpath
@@ -44,14 +46,14 @@ image-healer: build-healer ## Build the healer image.
 
 ##@ Test
 .PHONY: test test-unit test-integration e2e
-test: test-unit test-integration e2e ## The whole proof: unit, integration (real CoreDNS) and end to end (local cluster).
+test: test-unit test-integration test-image e2e ## The whole proof: unit, integration (real CoreDNS) and end to end (local cluster).
 
 test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop).
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
 test-integration: build ## Integration tests against the real custom CoreDNS and healer binaries.
 	COREDNS_BIN=$(abspath $(BIN)/coredns) HEALER_BIN=$(abspath $(BIN)/healer) \
-		$(GO) test -count=1 -tags integration ./build/coredns/... ./test/...
+		$(GO) test -count=1 -tags integration ./build/coredns/... ./test/... ./corefile-examples/
 
 test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
