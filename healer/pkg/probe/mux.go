@@ -23,6 +23,9 @@ var ErrLate = errors.New("healer stalled past the probe deadline: inconclusive")
 // lateSlack is how late a deadline may fire before the probe is inconclusive.
 const lateSlack = 10 * time.Millisecond
 
+// replyGrace is how long a timed-out probe waits for a reply already on its way in.
+const replyGrace = 2 * time.Millisecond
+
 // udpMux sends every probe to one replica over a single connected UDP socket and matches
 // replies by message ID. One socket per replica, instead of one per probe, keeps the
 // healer's cost per probe to two syscalls, which is what lets it probe 100 replicas every
@@ -133,21 +136,27 @@ func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 			}
 			return reply, nil
 		case <-ctx.Done():
-			select {
-			case reply := <-ch: // it came in while the timer fired: take it
-				if len(reply.Question) == 1 && strings.EqualFold(reply.Question[0].Name, q.Question[0].Name) {
-					return reply, nil
-				}
-			default:
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				forget()
+				return nil, ctx.Err()
 			}
-			forget()
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				if dl, ok := ctx.Deadline(); ok && time.Since(dl) > lateSlack {
-					return nil, ErrLate
-				}
+			if dl, ok := ctx.Deadline(); ok && time.Since(dl) > lateSlack {
+				forget()
+				return nil, ErrLate
+			}
+			// A reply may be in the socket that the read loop has not had the CPU to hand
+			// over yet: a short grace tells a slow healer from a silent replica. A reply
+			// in the grace proves the replica answered, but not how fast: inconclusive.
+			grace := time.NewTimer(replyGrace)
+			defer grace.Stop()
+			select {
+			case <-ch:
+				forget()
+				return nil, ErrLate
+			case <-grace.C:
+				forget()
 				return nil, errTimeout
 			}
-			return nil, ctx.Err()
 		}
 	}
 }
