@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 )
 
 // Every kernel object the harness creates is named with this prefix, so `make cluster-down` can find
@@ -38,8 +39,10 @@ type network struct {
 	bridge  string
 	gateway net.IP // the bridge's address: the apiserver and the upstream DNS listen here
 	prefix  int
-	next    int // last host octet handed out
-	free    []net.IP
+
+	mu   sync.Mutex // pods are set up concurrently
+	next int        // last host octet handed out
+	free []net.IP
 }
 
 func linkExists(name string) bool {
@@ -73,6 +76,8 @@ func newNetwork(ctx context.Context) (*network, error) {
 }
 
 func (n *network) allocate() (net.IP, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if len(n.free) > 0 {
 		ip := n.free[0]
 		n.free = n.free[1:]
@@ -85,7 +90,11 @@ func (n *network) allocate() (net.IP, error) {
 	return net.IPv4(198, 18, byte(n.index), byte(n.next)).To4(), nil
 }
 
-func (n *network) release(ip net.IP) { n.free = append(n.free, ip) }
+func (n *network) release(ip net.IP) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.free = append(n.free, ip)
+}
 
 func (n *network) cidr() string { return fmt.Sprintf("198.18.%d.0/%d", n.index, n.prefix) }
 

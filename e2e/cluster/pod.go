@@ -139,10 +139,13 @@ func (r *podRunner) run() {
 }
 
 func (r *podRunner) setup(ctx context.Context, pod *corev1.Pod) error {
-	if r.net != nil {
-		_ = r.net.remove(ctx)
-		r.n.c.net.release(r.net.ip)
-		r.net = nil
+	r.mu.Lock()
+	old := r.net
+	r.net = nil
+	r.mu.Unlock()
+	if old != nil { // a retry after a failed setup
+		_ = old.remove(ctx)
+		r.n.c.net.release(old.ip)
 	}
 	ip, err := r.n.c.net.allocate()
 	if err != nil {
