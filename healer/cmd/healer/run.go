@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			MinAvailable: opts.MinAvailable, MaxDegraded: opts.MaxDegraded,
 			Cooldown: opts.Cooldown, GlobalCooldown: opts.GlobalCooldown,
 			RetryBackoff: opts.RetryBackoff, RetryBackoffMax: opts.RetryBackoffMax,
+			ActAfter: opts.RemediateAfter,
 		},
 		DryRun:  opts.DryRun,
 		Audit:   auditLog,

@@ -72,6 +72,7 @@ type Engine struct {
 	byName    map[string]replica.Target
 	refused   map[string]string // guard whose refusal is already recorded in this episode
 	reasons   map[string][]string
+	degraded  map[string]time.Time // since when each degraded replica is
 	globalSet []string
 	outcomes  chan outcome
 	probeCh   chan probe.Result
@@ -122,6 +123,7 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 		byName:   map[string]replica.Target{},
 		refused:  map[string]string{},
 		reasons:  map[string][]string{},
+		degraded: map[string]time.Time{},
 		outcomes: make(chan outcome, 1),
 	}, nil
 }
@@ -327,11 +329,13 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 		switch tr.To {
 		case detect.Degraded:
 			e.reasons[tr.Replica] = tr.Reasons
+			e.degraded[tr.Replica] = tr.At
 			e.mode.Notifier.Notify(t, "Warning", "ReplicaDegraded", strings.Join(tr.Reasons, "; "))
 		case detect.Global:
 			e.mode.Notifier.Notify(t, "Warning", "GlobalDNSFailure", strings.Join(tr.Reasons, "; "))
 		}
 		if tr.From == detect.Degraded {
+			delete(e.degraded, tr.Replica)
 			delete(e.refused, tr.Replica)
 			e.guards.forget(tr.Replica)
 		}
@@ -373,7 +377,7 @@ func (e *Engine) remediate(ctx context.Context, now time.Time) {
 		if states[t.Name] != detect.Degraded {
 			continue
 		}
-		v := e.guards.check(now, t, states, e.targets)
+		v := e.guards.check(now, e.degraded[t.Name], t, states, e.targets)
 		if v.wait {
 			continue
 		}

@@ -16,6 +16,9 @@ type GuardConfig struct {
 	GlobalCooldown  time.Duration
 	RetryBackoff    time.Duration
 	RetryBackoffMax time.Duration
+	// ActAfter: a replica must have been degraded this long before it is remediated. The
+	// verdict stays fast; the action waits out a stall that resolves by itself.
+	ActAfter time.Duration
 }
 
 // guards remembers past actions and decides whether one more is safe. Pure: the time is
@@ -44,9 +47,12 @@ type verdict struct {
 	guard string
 }
 
-// check decides on remediating t. states holds every replica's state, targets every replica.
-func (g *guards) check(now time.Time, t replica.Target, states map[string]detect.State, targets []replica.Target) verdict {
+// check decides on remediating t, degraded since 'since'. states holds every replica's
+// state, targets every replica.
+func (g *guards) check(now, since time.Time, t replica.Target, states map[string]detect.State, targets []replica.Target) verdict {
 	switch {
+	case now.Sub(since) < g.cfg.ActAfter:
+		return verdict{wait: true, why: fmt.Sprintf("degraded for %s, acting after %s", now.Sub(since), g.cfg.ActAfter)}
 	case !t.Ready:
 		return verdict{guard: "ready", why: "replica is not Ready: it is not serving, nothing to gain"}
 	case !t.Remediable:

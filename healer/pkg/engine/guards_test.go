@@ -77,11 +77,23 @@ func TestGuards(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(g)
 			}
-			v := g.check(tc.now, tc.target, tc.states, ts)
+			v := g.check(tc.now, t0.Add(-time.Hour), tc.target, tc.states, ts)
 			if v.act != tc.act || v.wait != tc.wait || (tc.why != "" && !strings.Contains(v.why, tc.why)) || (!v.act && !v.wait && v.guard == "") {
 				t.Errorf("got %+v, want act=%v wait=%v why~%q", v, tc.act, tc.wait, tc.why)
 			}
 		})
+	}
+}
+
+func TestActAfter(t *testing.T) {
+	g := newGuards(GuardConfig{MinAvailable: 1, MaxDegraded: 1, ActAfter: time.Second})
+	ts := targets("a", "b", "c")
+	states := map[string]detect.State{"a": detect.Healthy, "b": detect.Degraded, "c": detect.Healthy}
+	if v := g.check(t0.Add(500*time.Millisecond), t0, ts[1], states, ts); !v.wait || v.act {
+		t.Errorf("degraded for 500ms: want wait, got %+v", v)
+	}
+	if v := g.check(t0.Add(time.Second), t0, ts[1], states, ts); !v.act {
+		t.Errorf("degraded for 1s: want act, got %+v", v)
 	}
 }
 

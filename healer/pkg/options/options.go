@@ -68,6 +68,8 @@ type Options struct {
 	// RetryBackoffMax, unless the Remediator says how long (Outcome.RetryAfter).
 	RetryBackoff    time.Duration
 	RetryBackoffMax time.Duration
+	// RemediateAfter: how long a replica must stay degraded before it is acted on.
+	RemediateAfter time.Duration
 
 	LeaderElect          bool
 	LeaderElectNamespace string
@@ -110,6 +112,7 @@ func New() *Options {
 		GlobalCooldown:   time.Minute,
 		RetryBackoff:     5 * time.Second,
 		RetryBackoffMax:  2 * time.Minute,
+		RemediateAfter:   time.Second,
 		LeaderElect:      true,
 		LeaderElectLease: "dnspulse-healer",
 		Thresholds:       detect.DefaultThresholds(),
@@ -151,6 +154,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.GlobalCooldown, "global-cooldown", o.GlobalCooldown, "minimum time between any two remediations")
 	fs.DurationVar(&o.RetryBackoff, "retry-backoff", o.RetryBackoff, "first wait after a blocked remediation (doubles up to --retry-backoff-max)")
 	fs.DurationVar(&o.RetryBackoffMax, "retry-backoff-max", o.RetryBackoffMax, "longest wait between retries of a blocked remediation")
+	fs.DurationVar(&o.RemediateAfter, "remediate-after", o.RemediateAfter, "act on a replica only once it has stayed degraded this long (the verdict itself is not delayed)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Kubernetes mode: only the holder of a Lease acts")
 	fs.StringVar(&o.LeaderElectNamespace, "leader-elect-namespace", o.LeaderElectNamespace, "namespace of the leader Lease (default: the canary namespace)")
 	fs.StringVar(&o.LeaderElectLease, "leader-elect-lease", o.LeaderElectLease, "name of the leader Lease")
@@ -207,6 +211,7 @@ type FileGuards struct {
 	GlobalCooldown  *Duration `json:"globalCooldown"`
 	RetryBackoff    *Duration `json:"retryBackoff"`
 	RetryBackoffMax *Duration `json:"retryBackoffMax"`
+	RemediateAfter  *Duration `json:"remediateAfter"`
 	ProbeInterval   *Duration `json:"probeInterval"`
 	ProbeTimeout    *Duration `json:"probeTimeout"`
 	MaxProbeQPS     *int      `json:"maxProbeQPS"`
@@ -309,6 +314,7 @@ func (o *Options) applyFile(fs *pflag.FlagSet, f *File) {
 		setDur(fs, "global-cooldown", &o.GlobalCooldown, g.GlobalCooldown)
 		setDur(fs, "retry-backoff", &o.RetryBackoff, g.RetryBackoff)
 		setDur(fs, "retry-backoff-max", &o.RetryBackoffMax, g.RetryBackoffMax)
+		setDur(fs, "remediate-after", &o.RemediateAfter, g.RemediateAfter)
 		setDur(fs, "probe-interval", &o.ProbeInterval, g.ProbeInterval)
 		setDur(fs, "probe-timeout", &o.ProbeTimeout, g.ProbeTimeout)
 		setDur(fs, "pulse-interval", &o.PulseInterval, g.PulseInterval)
@@ -462,6 +468,9 @@ func (o *Options) Validate() error {
 	positive("retry-backoff-max", o.RetryBackoffMax)
 	if o.Cooldown < 0 {
 		bad("cooldown", "must be >= 0")
+	}
+	if o.RemediateAfter < 0 {
+		bad("remediate-after", "must be >= 0")
 	}
 	if o.GlobalCooldown < 0 {
 		bad("global-cooldown", "must be >= 0")
