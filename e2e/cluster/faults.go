@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -73,18 +75,54 @@ func (c *Cluster) VolumeDir(ns, name, vol string) (string, error) {
 	return r.volumeDir(vol), nil
 }
 
-// Freeze stops the pod's main process (SIGSTOP): the "process hung" fault. Thaw undoes it.
-func (c *Cluster) Freeze(ns, name string) error { return c.signalPod(ns, name, syscall.SIGSTOP) }
+// Freeze stops the pod's main process (SIGSTOP): the "process hung" fault. It returns once every
+// thread of the process is stopped (a thread busy on another CPU may otherwise answer one more
+// query). Thaw undoes it.
+func (c *Cluster) Freeze(ns, name string) error { return c.signalPod(ns, name, syscall.SIGSTOP, true) }
 
-// Thaw continues a frozen pod (SIGCONT).
-func (c *Cluster) Thaw(ns, name string) error { return c.signalPod(ns, name, syscall.SIGCONT) }
+// Thaw continues a frozen pod (SIGCONT) and returns once no thread is stopped.
+func (c *Cluster) Thaw(ns, name string) error { return c.signalPod(ns, name, syscall.SIGCONT, false) }
 
-func (c *Cluster) signalPod(ns, name string, sig syscall.Signal) error {
+func (c *Cluster) signalPod(ns, name string, sig syscall.Signal, stopped bool) error {
 	pid, err := c.PodPID(ns, name, "")
 	if err != nil {
 		return err
 	}
-	return signalPID(pid, sig)
+	if err := signalPID(pid, sig); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !allThreads(pid, stopped) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod %s/%s (pid %d): threads not %s 5s after %v", ns, name, pid, map[bool]string{true: "stopped", false: "running"}[stopped], sig)
+		}
+		time.Sleep(5 * time.Millisecond) // the kernel offers no event for another process's stop
+	}
+	return nil
+}
+
+// allThreads says whether every thread of pid is stopped (stopped=true) or none is.
+func allThreads(pid int, stopped bool) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return true // gone: nothing left to wait for
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		// The state follows the parenthesised command name, which may itself contain spaces.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		isStopped := b[i+2] == 'T' || b[i+2] == 't'
+		if isStopped != stopped {
+			return false
+		}
+	}
+	return true
 }
 
 // delayQueue is the NFQUEUE number the Delay fault uses; queues are per network namespace.
