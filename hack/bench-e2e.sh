@@ -54,7 +54,7 @@ section=$(mktemp)
 	cat "$frag"
 	if [[ $status != 0 ]]; then
 		echo
-		echo "**The benchmark run failed (exit $status); figures above may be partial.**"
+		echo "**The run reported failures (exit $status): rounds that did not complete are missing, and the last column counts healthy replacements the healer evicted or kept judging degraded.**"
 	fi
 	echo "<!-- /in-cluster-healing -->"
 } >"$section"

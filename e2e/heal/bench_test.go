@@ -22,9 +22,30 @@ func TestBenchHealing(t *testing.T) {
 		t.Skip("DNSPULSE_BENCH_ROUNDS not set (make bench-e2e)")
 	}
 	only := os.Getenv("DNSPULSE_BENCH_FAULTS") // comma-separated subset, default all
-	type series struct{ verdict, drained, serving []time.Duration }
+	type series struct {
+		verdict, drained, serving []time.Duration
+		aftercare                 int
+	}
 	results := map[string]*series{}
 	var order []string
+	// Written even when a round fails (t.Fatal runs deferred calls): partial figures are marked.
+	defer func() {
+		var b strings.Builder
+		fmt.Fprintf(&b, "| fault | rounds | verdict median | verdict worst | drained median | drained worst | replacement serving median | replacement serving worst | replacement then evicted or left degraded |\n")
+		fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+		for _, name := range order {
+			s := results[name]
+			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %d |\n", name, len(s.verdict),
+				ms(median(s.verdict)), ms(worst(s.verdict)), ms(median(s.drained)), ms(worst(s.drained)),
+				ms(median(s.serving)), ms(worst(s.serving)), s.aftercare)
+		}
+		t.Logf("\n%s", b.String())
+		if out := os.Getenv("DNSPULSE_BENCH_OUT"); out != "" {
+			if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
 	for _, f := range Faults() {
 		if only != "" && !strings.Contains(","+only+",", ","+f.Name+",") {
 			continue
@@ -36,13 +57,15 @@ func TestBenchHealing(t *testing.T) {
 			ctx, pods := begin(t)
 			target, peers := pick(pods)
 			e, err := Heal(ctx, cl, obs, f, target, peers, DefaultLimits, nil)
-			if err != nil {
+			if err != nil && e.Aftercare == "" {
 				t.Fatalf("%s round %d: %v\n%s", f.Name, i, err, e.Timeline())
 			}
-			untouched(t, peers)
-			if t.Failed() {
-				t.FailNow()
+			if e.Aftercare != "" {
+				// The healing itself completed; what came after is a healer defect, counted.
+				s.aftercare++
+				t.Errorf("%s round %d: after the healing: %s", f.Name, i, e.Aftercare)
 			}
+			untouched(t, peers, e.Injected)
 			drained := e.Drained
 			if drained.IsZero() || (!e.Evicted.IsZero() && e.Evicted.Before(drained)) {
 				drained = e.Evicted // terminating pods leave the ready endpoints too
@@ -52,21 +75,6 @@ func TestBenchHealing(t *testing.T) {
 			s.serving = append(s.serving, e.ReplAnswers.Sub(e.Injected))
 			t.Logf("%s round %d/%d: verdict %s, drained %s, replacement serving %s", f.Name, i, rounds,
 				ms(s.verdict[len(s.verdict)-1]), ms(s.drained[len(s.drained)-1]), ms(s.serving[len(s.serving)-1]))
-		}
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "| fault | rounds | verdict median | verdict worst | drained median | drained worst | replacement serving median | replacement serving worst |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|\n")
-	for _, name := range order {
-		s := results[name]
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", name, len(s.verdict),
-			ms(median(s.verdict)), ms(worst(s.verdict)), ms(median(s.drained)), ms(worst(s.drained)),
-			ms(median(s.serving)), ms(worst(s.serving)))
-	}
-	t.Logf("\n%s", b.String())
-	if out := os.Getenv("DNSPULSE_BENCH_OUT"); out != "" {
-		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
 		}
 	}
 }

@@ -107,6 +107,9 @@ type Episode struct {
 	Replacement string
 	ReplReady   time.Time // the replacement Ready and in the EndpointSlice
 	ReplAnswers time.Time // the replacement answered a query on its pod IP
+	// Aftercare is what went wrong after the replacement served (the healer evicting it, or still
+	// judging it degraded); empty when nothing did. Heal returns it as an error too.
+	Aftercare string
 }
 
 // Steps are the timeline rows, in order, with their offsets from the injection.
@@ -320,9 +323,11 @@ func Heal(ctx context.Context, c *cluster.Cluster, o *Observer, fault Fault, tar
 		return true
 	})
 	if err != nil {
-		return e, fmt.Errorf("%w: %s", err, why)
+		e.Aftercare = fmt.Sprintf("%v: %s", err, why)
+		return e, errors.New(e.Aftercare)
 	}
 	if why != "" {
+		e.Aftercare = why
 		return e, errors.New(why)
 	}
 	return e, nil

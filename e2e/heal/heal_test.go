@@ -45,24 +45,25 @@ func begin(t *testing.T) (context.Context, []PodRecord) {
 	return ctx, pods
 }
 
-// untouched asserts the healthy replicas kept their pods: same UIDs, never drained, never
-// terminating, and no eviction Event.
-func untouched(t *testing.T, peers []PodRecord) {
+// untouched asserts the healthy replicas kept their pods: same UIDs, and since since never
+// drained, never terminating, no eviction Event.
+func untouched(t *testing.T, peers []PodRecord, since time.Time) {
 	t.Helper()
+	after := func(ts time.Time) bool { return !ts.IsZero() && !ts.Before(since) }
 	for _, p := range peers {
 		r, ok := obs.Pod(p.Name)
 		if !ok || r.UID != p.UID {
 			t.Errorf("healthy replica %s (uid %s) was replaced", p.Name, p.UID)
 			continue
 		}
-		if !r.Terminated.IsZero() || !r.Gone.IsZero() {
+		if after(r.Terminated) || after(r.Gone) {
 			t.Errorf("healthy replica %s was terminated", p.Name)
 		}
-		if !r.GateFalse.IsZero() {
+		if after(r.GateFalse) {
 			t.Errorf("healthy replica %s was drained (dnspulse.io/serving=False)", p.Name)
 		}
 		for _, ev := range r.Events {
-			if ev.Reason == "Evicted" || ev.Reason == "ReadinessGateSet" || ev.Reason == "EvictionBlocked" {
+			if after(ev.Seen) && (ev.Reason == "Evicted" || ev.Reason == "ReadinessGateSet" || ev.Reason == "EvictionBlocked") {
 				t.Errorf("healthy replica %s got Event %s: %s", p.Name, ev.Reason, ev.Note)
 			}
 		}
@@ -95,7 +96,7 @@ func checkEpisode(t *testing.T, e *Episode, err error) {
 	} else if e.Remediation.Action != "evict" || e.Remediation.DryRun {
 		t.Errorf("remediation of %s: %s", e.Pod, e.Remediation.Raw)
 	}
-	untouched(t, e.Peers)
+	untouched(t, e.Peers, e.Injected)
 }
 
 // Each single-replica fault: degraded verdict, Event, gate False, eviction, Ready replacement that
@@ -184,7 +185,7 @@ func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
 		return time.Now().After(hold)
 	})
 	noEviction(t, t0, pods)
-	untouched(t, pods)
+	untouched(t, pods, t0)
 	cl.Upstream.SetMode(cluster.UpstreamAnswer)
 	t1 := time.Now()
 	if err := obs.Wait(ctx, time.Minute, "the global verdict to end", func() bool {
@@ -220,7 +221,7 @@ func TestPDBBlocksEviction(t *testing.T) {
 	}
 	// A fault that leaves the pod Ready (its HTTP /ready keeps answering): a hung pod turns
 	// unready by its own readiness probe, and the healer rightly stops trying to evict it.
-	f, _ := FaultNamed("upstream")
+	f, _ := FaultNamed("udp-drop")
 	t0 := time.Now()
 	undo, err := f.Inject(ctx, cl, target.Name)
 	t.Cleanup(undo)
@@ -255,7 +256,7 @@ func TestPDBBlocksEviction(t *testing.T) {
 		t.Error("no EvictionBlocked Event on the pod")
 	}
 	noEviction(t, t0, pods)
-	untouched(t, peers)
+	untouched(t, peers, t0)
 
 	// Allowed again: the next retry evicts.
 	if err := setPDB(ctx, 1); err != nil {
@@ -273,7 +274,7 @@ func TestPDBBlocksEviction(t *testing.T) {
 			t.Errorf("the healer deleted instead of evicting: %s", l)
 		}
 	}
-	untouched(t, peers)
+	untouched(t, peers, t0)
 }
 
 // waitLeader waits for a leader audit line after since and returns the leading healer pod.
@@ -293,71 +294,6 @@ func waitLeader(ctx context.Context, since time.Time) (string, error) {
 		return err == nil && p.DeletionTimestamp == nil
 	})
 	return pod, err
-}
-
-// Dry-run: verdicts and Events, never an eviction.
-func TestDryRun(t *testing.T) {
-	ctx, _ := begin(t)
-	t.Cleanup(func() {
-		if err := Install(context.Background(), cl, root, ""); err != nil {
-			t.Errorf("back to acting: %v", err)
-		}
-	})
-	t0 := time.Now()
-	if err := Install(ctx, cl, root, "remediation:\n  dryRun: true\n"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := waitLeader(ctx, t0); err != nil {
-		t.Fatal(err)
-	}
-	_, pods := begin(t)
-	target, _ := pick(pods)
-	t1 := time.Now()
-	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Thaw(DNSNamespace, target.Name) })
-	var dry AuditLine
-	if err := obs.Wait(ctx, time.Minute, "a dry-run remediation line", func() bool {
-		var ok bool
-		dry, ok = FindAudit(cl, t1, func(l AuditLine) bool {
-			return l.Event == "remediation" && l.Replica == target.Name && l.Result == "dry-run"
-		})
-		return ok
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("+%.3fs %s", dry.Time.Sub(t1).Seconds(), dry.Raw)
-	if !dry.DryRun {
-		t.Errorf("dry-run line without dryRun=true: %s", dry.Raw)
-	}
-	if _, ok := FindAudit(cl, t1, func(l AuditLine) bool {
-		return l.Event == "state" && l.Replica == target.Name && l.To == "degraded"
-	}); !ok {
-		t.Error("no degraded verdict in the audit log")
-	}
-	if err := obs.Wait(ctx, 30*time.Second, "an Event ReplicaDegraded", func() bool {
-		r, _ := obs.Pod(target.Name)
-		for _, ev := range r.Events {
-			if ev.Reason == "ReplicaDegraded" && !ev.Seen.Before(t1) {
-				return true
-			}
-		}
-		return false
-	}); err != nil {
-		t.Error(err)
-	}
-	// Hold the fault over several remediation cycles (global cooldown 2s).
-	hold := time.Now().Add(8 * time.Second)
-	_ = obs.Wait(ctx, 9*time.Second, "the end of the dry-run window", func() bool {
-		r, _ := obs.Pod(target.Name)
-		return !r.Terminated.IsZero() || !r.GateFalse.IsZero() || time.Now().After(hold)
-	})
-	noEviction(t, t1, pods)
-	untouched(t, pods)
-	if err := cl.Thaw(DNSNamespace, target.Name); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Kill the leading healer (SIGKILL, so it cannot release its Lease): the other takes over within
@@ -417,12 +353,16 @@ func TestAPIServerRestart(t *testing.T) {
 			t.Errorf("restarting the apiserver: %v", err)
 		}
 	})
-	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
+	// UDP dropped: the pod stays Ready by its HTTP probes while the apiserver is away (a hung
+	// pod would turn unready by then, and an unready pod is rightly left alone).
+	f, _ := FaultNamed("udp-drop")
+	undo, err := f.Inject(ctx, cl, target.Name)
+	t.Cleanup(undo)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cl.Thaw(DNSNamespace, target.Name) })
 	var verdict AuditLine
-	err := obs.Wait(ctx, 20*time.Second, "a degraded verdict while the apiserver is down", func() bool {
+	err = obs.Wait(ctx, 20*time.Second, "a degraded verdict while the apiserver is down", func() bool {
 		var ok bool
 		verdict, ok = FindAudit(cl, t0, func(l AuditLine) bool {
 			return l.Event == "state" && l.Replica == target.Name && l.To == "degraded"
@@ -469,7 +409,7 @@ func TestAPIServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("+%.3fs replacement serving", time.Since(t0).Seconds())
-	untouched(t, peers)
+	untouched(t, peers, t0)
 }
 
 // pulse's Lease heartbeat: one Lease per replica, named after its pod, renewed, with the verdict.
@@ -564,5 +504,75 @@ func TestRBAC(t *testing.T) {
 		if p.Spec.ServiceAccountName != d.Spec.Template.Spec.ServiceAccountName || p.Status.Phase != corev1.PodRunning {
 			t.Errorf("healer pod %s: ServiceAccount %s, phase %s", p.Name, p.Spec.ServiceAccountName, p.Status.Phase)
 		}
+	}
+}
+
+// Dry-run: verdicts and Events, never an eviction. Last: `helm upgrade` resets the canary Service.
+func TestDryRun(t *testing.T) {
+	ctx, _ := begin(t)
+	t.Cleanup(func() {
+		if err := Install(context.Background(), cl, root, ""); err != nil {
+			t.Errorf("back to acting: %v", err)
+		}
+	})
+	t0 := time.Now()
+	if err := Install(ctx, cl, root, "remediation:\n  dryRun: true\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waitLeader(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	_, pods := begin(t)
+	target, _ := pick(pods)
+	t1 := time.Now()
+	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Thaw(DNSNamespace, target.Name) })
+	var dry AuditLine
+	if err := obs.Wait(ctx, time.Minute, "a dry-run remediation line", func() bool {
+		var ok bool
+		dry, ok = FindAudit(cl, t1, func(l AuditLine) bool {
+			return l.Event == "remediation" && l.Replica == target.Name && l.Result == "dry-run"
+		})
+		return ok
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs %s", dry.Time.Sub(t1).Seconds(), dry.Raw)
+	if !dry.DryRun {
+		t.Errorf("dry-run line without dryRun=true: %s", dry.Raw)
+	}
+	if _, ok := FindAudit(cl, t1, func(l AuditLine) bool {
+		return l.Event == "state" && l.Replica == target.Name && l.To == "degraded"
+	}); !ok {
+		t.Error("no degraded verdict in the audit log")
+	}
+	if err := obs.Wait(ctx, 30*time.Second, "an Event ReplicaDegraded", func() bool {
+		r, _ := obs.Pod(target.Name)
+		for _, ev := range r.Events {
+			if ev.Reason == "ReplicaDegraded" && !ev.Seen.Before(t1) {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Error(err)
+	}
+	// Hold the fault over several remediation cycles (global cooldown 2s).
+	hold := time.Now().Add(8 * time.Second)
+	_ = obs.Wait(ctx, 9*time.Second, "the end of the dry-run window", func() bool {
+		r, _ := obs.Pod(target.Name)
+		return !r.Terminated.IsZero() || !r.GateFalse.IsZero() || time.Now().After(hold)
+	})
+	noEviction(t, t1, pods)
+	untouched(t, pods, t1)
+	for _, l := range AuditSince(cl, t1) {
+		if l.Event == "remediation" && l.Result == "dry-run" && l.Replica != target.Name {
+			t.Errorf("dry-run remediation of a healthy replica: %s", l)
+		}
+	}
+	if err := cl.Thaw(DNSNamespace, target.Name); err != nil {
+		t.Fatal(err)
 	}
 }
