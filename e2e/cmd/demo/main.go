@@ -109,7 +109,7 @@ func run() error {
 	target, peers := pods[0], pods[1:]
 	fault, _ := heal.FaultNamed("hung")
 	fmt.Println()
-	say("breaking %s: SIGSTOP (the process hangs; its HTTP /health would still be served by a real hang of the serving path)", target.Name)
+	say("breaking %s: SIGSTOP, the process hangs as a deadlocked CoreDNS does (its liveness probe would need 60s+ to notice)", target.Name)
 	before := load.failed.Load()
 	var t0 time.Time
 	e, err := heal.Heal(ctx, c, o, fault, target, peers, heal.DefaultLimits, func(s heal.Step) {
@@ -122,13 +122,23 @@ func run() error {
 		}
 		say("  +%6.3fs %s", s.At.Sub(t0).Seconds(), s.What)
 	})
-	if err != nil {
+	if err != nil && e.Aftercare == "" {
 		return fmt.Errorf("the healing did not complete: %w\n%s", err, e.Timeline())
+	}
+	if e.Aftercare != "" {
+		say("  WARNING after the healing: %s", e.Aftercare)
 	}
 	episodeErrors := load.failed.Load() - before
 	lastErr := load.lastFailure()
 	fmt.Println()
-	say("episode over: %s replaced by %s in %.2fs; healthy replicas untouched", e.Pod, e.Replacement, e.ReplAnswers.Sub(e.Injected).Seconds())
+	say("episode over: %s replaced by %s, serving %.2fs after the fault", e.Pod, e.Replacement, e.ReplAnswers.Sub(e.Injected).Seconds())
+	for _, p := range peers {
+		if r, ok := o.Pod(p.Name); ok && r.UID == p.UID && r.Terminated.IsZero() && (r.GateFalse.IsZero() || r.GateFalse.Before(e.Injected)) {
+			say("  healthy replica %s untouched (same pod, never drained)", p.Name)
+		} else {
+			say("  WARNING: healthy replica %s was drained or replaced", p.Name)
+		}
+	}
 	if episodeErrors == 0 {
 		say("client errors during the episode: none")
 	} else {
