@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,24 +25,23 @@ import (
 // podRunner owns one pod's sandbox (netns, veth, volumes) and containers from the first time the
 // node agent sees the pod until its deletion is finalized.
 type podRunner struct {
-	n                  *Node
-	uid                types.UID
-	ns, name           string
-	slot               int
-	dir                string
-	pokeC              chan struct{}
-	killC              chan struct{} // closed by shutdown: the node agent is going away
-	startTime          metav1.Time
-	mu                 sync.Mutex
-	net                *podNet
-	containers         []*container
-	terminating        bool
-	lossRule           string            // probability of the Loss fault's iptables rules, "" when none
-	cmSeen             map[string]string // ConfigMap volume -> resourceVersion written (run goroutine only)
-	lastCMVersion      string
-	lastCMSync         time.Time
-	delay              *delayer
-	lastReportedStatus *corev1.PodStatus
+	n             *Node
+	uid           types.UID
+	ns, name      string
+	slot          int
+	dir           string
+	pokeC         chan struct{}
+	killC         chan struct{} // closed by shutdown: the node agent is going away
+	startTime     metav1.Time
+	mu            sync.Mutex
+	net           *podNet
+	containers    []*container
+	terminating   bool
+	lossRule      string            // probability of the Loss fault's iptables rules, "" when none
+	cmSeen        map[string]string // ConfigMap volume -> resourceVersion written (run goroutine only)
+	lastCMVersion string
+	lastCMSync    time.Time
+	delay         *delayer
 }
 
 func newPodRunner(n *Node, pod *corev1.Pod, slot int) *podRunner {
@@ -606,5 +604,3 @@ func signalPID(pid int, sig syscall.Signal) error {
 	}
 	return syscall.Kill(pid, sig)
 }
-
-func itoa(i int32) string { return strconv.Itoa(int(i)) }
