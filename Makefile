@@ -9,8 +9,6 @@ VERSION     := $(VERSION)
 GIT_COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     ?= -s -w -X main.GitCommit=$(GIT_COMMIT) -X github.com/dnspulse/dnspulse/healer/version.Version=$(VERSION)
 GOFLAGS_BUILD ?= -trimpath
-CGO_ENABLED ?= 0
-export CGO_ENABLED
 GOLANGCI_LINT_VERSION ?= v2.15.0
 BENCH_COUNT ?= 10
 # Packages whose tests need no CoreDNS binary and no cluster (the inner loop).
@@ -29,11 +27,11 @@ build: build-coredns build-healer ## Build the custom CoreDNS and the healer int
 
 build-coredns: ## Build CoreDNS with the pulse plugin (all upstream plugins; ~2 min cold).
 	@mkdir -p $(BIN)
-	$(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/coredns ./build/coredns
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/coredns ./build/coredns
 
 build-healer: ## Build the healer.
 	@mkdir -p $(BIN)
-	$(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/healer ./healer/cmd/healer
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/healer ./healer/cmd/healer
 
 .PHONY: image image-coredns image-healer
 image: image-coredns image-healer ## Build both images (docker if an engine answers, else buildah -> _output/images/*.tar).
