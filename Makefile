@@ -56,7 +56,7 @@ test-integration: build ## Integration tests against the real custom CoreDNS and
 test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
 
-e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the control plane once, ~10 min cold).
+e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the control plane once: ~10 min cold on a quiet 2-core machine, cached in ~/.cache/dnspulse).
 	DNSPULSE_BIN_DIR=$(abspath $(BIN)) $(GO) test -count=1 -p 1 -tags e2e -timeout 40m -v ./e2e/...
 
 .PHONY: cluster-bins cluster cluster-down
