@@ -296,8 +296,8 @@ func waitLeader(ctx context.Context, since time.Time) (string, error) {
 	return pod, err
 }
 
-// Kill the leading healer (SIGKILL, so it cannot release its Lease): the other takes over within
-// the lease duration and goes on healing.
+// Kill the leading healer (SIGKILL, so it cannot release its Lease, and its pod deleted): another
+// healer takes over within the lease duration and goes on healing.
 func TestLeaderFailover(t *testing.T) {
 	ctx, pods := begin(t)
 	leader, err := waitLeader(ctx, time.Time{})
@@ -310,6 +310,12 @@ func TestLeaderFailover(t *testing.T) {
 	}
 	t0 := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The pod goes too (as when its node dies): otherwise its container restarts within a second
+	// and may win the Lease again, which proves nothing about the other healer.
+	zero := int64(0)
+	if err := cl.Client.CoreV1().Pods(HealerNamespace).Delete(ctx, leader, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatal(err)
 	}
 	var next string
