@@ -73,6 +73,7 @@ type Engine struct {
 	refused   map[string]string // guard whose refusal is already recorded in this episode
 	reasons   map[string][]string
 	degraded  map[string]time.Time // since when each degraded replica is
+	boosted   map[string]time.Time // replicas probed faster, until when
 	globalSet []string
 	outcomes  chan outcome
 	probeCh   chan probe.Result
@@ -124,6 +125,7 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 		refused:  map[string]string{},
 		reasons:  map[string][]string{},
 		degraded: map[string]time.Time{},
+		boosted:  map[string]time.Time{},
 		outcomes: make(chan outcome, 1),
 	}, nil
 }
@@ -321,7 +323,7 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 		e.cfg.Metrics.SetState(tr.Replica, string(tr.To))
 		e.log.Info("replica state", "replica", tr.Replica, "from", tr.From, "to", tr.To, "reasons", tr.Reasons)
 		t := e.byName[tr.Replica]
-		if tr.To == detect.Suspect || tr.To == detect.Degraded {
+		if (tr.To == detect.Suspect || tr.To == detect.Degraded) && e.mayBoost(tr.Replica, tr.At) {
 			// Sharper evidence, sooner: confirm or clear the suspicion at 4x the rate.
 			e.probes.Boost(tr.Replica, boostFor)
 			e.pulses.Boost(tr.Replica, boostFor)
@@ -342,6 +344,24 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 	}
 	e.global()
 	e.remediate(ctx, now)
+}
+
+// mayBoost bounds the replicas probed faster at once (a tenth of them, at least two), so
+// that a noisy fleet cannot multiply the healer's load (and its own noise) by four.
+func (e *Engine) mayBoost(name string, now time.Time) bool {
+	active := 0
+	for n, until := range e.boosted {
+		if now.After(until) {
+			delete(e.boosted, n)
+		} else if n != name {
+			active++
+		}
+	}
+	if active >= max(2, len(e.targets)/10) {
+		return false
+	}
+	e.boosted[name] = now.Add(boostFor)
+	return true
 }
 
 // global writes one "global" line when every replica starts failing together, and one
