@@ -241,23 +241,14 @@ func Heal(ctx context.Context, c *cluster.Cluster, o *Observer, fault Fault, tar
 	}
 	progress(e.Steps()[1])
 
-	err = o.Wait(ctx, lim.Evicted, "eviction of "+target.Name, func() bool {
+	// Steps 2-6 are reported as they are seen (in the order they are seen).
+	reported := map[int]bool{}
+	observe := func() {
 		r, _ := o.Pod(target.Name)
-		return !r.Terminated.IsZero() || !r.Gone.IsZero()
-	})
-	r, _ := o.Pod(target.Name)
-	e.GateFalse, e.Drained, e.Evicted = r.GateFalse, r.Drained, r.Terminated
-	if e.Evicted.IsZero() {
-		e.Evicted = r.Gone
-	}
-	if err != nil {
-		return e, err
-	}
-	// Events travel through the healer's broadcaster and the EndpointSlice controller batches its
-	// updates: both may trail the eviction a little.
-	_ = o.Wait(ctx, 15*time.Second, "Events on "+target.Name+" and its drain", func() bool {
-		r, _ := o.Pod(target.Name)
-		e.GateFalse, e.Drained = r.GateFalse, r.Drained
+		e.GateFalse, e.Drained, e.Evicted = r.GateFalse, r.Drained, r.Terminated
+		if e.Evicted.IsZero() {
+			e.Evicted = r.Gone
+		}
 		for _, ev := range r.Events {
 			if ev.Seen.Before(e.Injected) {
 				continue
@@ -269,10 +260,31 @@ func Heal(ctx context.Context, c *cluster.Cluster, o *Observer, fault Fault, tar
 				e.EvictedEv = ev.Seen
 			}
 		}
+		steps := e.Steps()
+		for _, i := range []int{2, 3, 4, 5, 6} {
+			if !reported[i] && !steps[i].At.IsZero() {
+				reported[i] = true
+				progress(steps[i])
+			}
+		}
+	}
+	err = o.Wait(ctx, lim.Evicted, "eviction of "+target.Name, func() bool {
+		observe()
+		return !e.Evicted.IsZero()
+	})
+	if err != nil {
+		return e, err
+	}
+	// Events travel through the healer's broadcaster and the EndpointSlice controller batches its
+	// updates: both may trail the eviction a little.
+	_ = o.Wait(ctx, 15*time.Second, "Events on "+target.Name+" and its drain", func() bool {
+		observe()
 		return !e.DegradedEv.IsZero() && !e.EvictedEv.IsZero() && !e.Drained.IsZero()
 	})
 	for _, i := range []int{2, 3, 4, 5, 6} {
-		progress(e.Steps()[i])
+		if !reported[i] {
+			progress(e.Steps()[i]) // not seen: the caller prints it as missing
+		}
 	}
 	if l, ok := FindAudit(c, e.Injected, func(l AuditLine) bool {
 		return l.Event == "remediation" && l.Replica == target.Name && l.Result == "success"

@@ -129,7 +129,7 @@ func run() error {
 		say("  WARNING after the healing: %s", e.Aftercare)
 	}
 	episodeErrors := load.failed.Load() - before
-	lastErr := load.lastFailure()
+	lastSent, perIP := load.failures()
 	fmt.Println()
 	say("episode over: %s replaced by %s, serving %.2fs after the fault", e.Pod, e.Replacement, e.ReplAnswers.Sub(e.Injected).Seconds())
 	for _, p := range peers {
@@ -142,8 +142,18 @@ func run() error {
 	if episodeErrors == 0 {
 		say("client errors during the episode: none")
 	} else {
-		say("client errors during the episode: %d of %d queries (all sent to %s before it was drained; last one +%.3fs after the fault)",
-			episodeErrors, load.sent.Load(), e.Pod, lastErr.Sub(e.Injected).Seconds())
+		var where []string
+		for ip, n := range perIP {
+			name := ip
+			for _, p := range o.All() {
+				if p.IP == ip {
+					name = p.Name
+				}
+			}
+			where = append(where, fmt.Sprintf("%d to %s", n, name))
+		}
+		say("client errors during the episode: %d of %d queries (%s); the last failed one was sent +%.3fs after the fault (drained at +%.3fs)",
+			episodeErrors, load.sent.Load(), strings.Join(where, ", "), lastSent.Sub(e.Injected).Seconds(), e.Drained.Sub(e.Injected).Seconds())
 	}
 	if e.Verdict.Raw != "" {
 		say("audit line: %s", e.Verdict.Raw)
@@ -169,12 +179,12 @@ Look around (another shell, as root):
   kubectl get events -n kube-system --sort-by=.lastTimestamp | grep -i dnspulse   # ReplicaDegraded, ReadinessGateSet, Evicted
   kubectl get leases -n kube-system                  # one pulse Lease per CoreDNS replica (dnspulse.io/verdict annotation)
   kubectl get lease -n %s dnspulse-healer -o yaml     # the healer's leader
-  kubectl logs -n %s -l app.kubernetes.io/instance=%s | grep '"event"'   # the audit log
+  grep -h '"event"' %s/pods/%s_*_healer.log   # the audit log (the healers' stdout; no kubelet, so no kubectl logs)
   curl -s http://%s:9155/pulse                        # a replica's heartbeat
   curl -s http://%s:9156/metrics | grep dnspulse_healer_
-  ip netns exec $(ip netns | grep -m1 dnsp | cut -d' ' -f1) dig @%s kubernetes.default.svc.cluster.local
+  dig @%s kubernetes.default.svc.cluster.local        # pods are reachable from the host on the bridge
 Logs of every component and pod: %s
-`, c.Kubeconfig, c.BinDir, heal.HealerNamespace, heal.HealerNamespace, heal.Release, pulseIP, healerIP, pulseIP, c.LogDir)
+`, c.Kubeconfig, c.BinDir, heal.HealerNamespace, c.LogDir, heal.HealerNamespace, pulseIP, healerIP, pulseIP, c.LogDir)
 	switch {
 	case wait == 0:
 		return nil
@@ -198,14 +208,15 @@ const clientQPS = 200
 type clients struct {
 	sent, failed atomic.Int64
 	mu           sync.Mutex
-	last         time.Time
+	lastSent     time.Time      // when the last failed query was sent
+	failedTo     map[string]int // failures per pod IP
 	cancel       context.CancelFunc
 	done         sync.WaitGroup
 }
 
 func startClients(ctx context.Context, o *heal.Observer) *clients {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &clients{cancel: cancel}
+	l := &clients{cancel: cancel, failedTo: map[string]int{}}
 	tick := time.NewTicker(time.Second / clientQPS)
 	l.done.Add(1)
 	go func() {
@@ -226,10 +237,14 @@ func startClients(ctx context.Context, o *heal.Observer) *clients {
 			go func() {
 				defer l.done.Done()
 				l.sent.Add(1)
+				sent := time.Now()
 				if heal.Query("udp", ip, "kubernetes.default.svc.cluster.local", time.Second) != nil && ctx.Err() == nil {
 					l.failed.Add(1)
 					l.mu.Lock()
-					l.last = time.Now()
+					if sent.After(l.lastSent) {
+						l.lastSent = sent
+					}
+					l.failedTo[ip]++
 					l.mu.Unlock()
 				}
 			}()
@@ -238,10 +253,15 @@ func startClients(ctx context.Context, o *heal.Observer) *clients {
 	return l
 }
 
-func (l *clients) lastFailure() time.Time {
+// failures returns when the last failed query was sent and the failures per pod IP.
+func (l *clients) failures() (time.Time, map[string]int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.last
+	per := map[string]int{}
+	for ip, n := range l.failedTo {
+		per[ip] = n
+	}
+	return l.lastSent, per
 }
 
 func (l *clients) stop() {
