@@ -169,8 +169,8 @@ func run() error {
 		healerIP = healerPods.Items[0].Status.PodIP
 	}
 	pulseIP := "COREDNS_POD_IP"
-	if r, ok := o.Pod(e.Replacement); ok {
-		pulseIP = r.IP
+	if ready := o.ReadyPods(); len(ready) > 0 {
+		pulseIP = ready[0].IP
 	}
 	fmt.Printf(`
 Look around (another shell, as root):
