@@ -360,7 +360,7 @@ func (c *Cluster) waitHTTP(ctx context.Context, name, url string, tlsCfg *tls.Co
 	var last string
 	for {
 		if p := c.proc(name); p != nil && p.exited() {
-			return fmt.Errorf("%s exited (%v); see %s:\n%s", name, p.err, filepath.Join(c.LogDir, name+".log"), tail(filepath.Join(c.LogDir, name+".log"), 20))
+			return fmt.Errorf("%s exited (%w); see %s:\n%s", name, p.err, filepath.Join(c.LogDir, name+".log"), tail(filepath.Join(c.LogDir, name+".log"), 20))
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
@@ -453,7 +453,7 @@ func poll(ctx context.Context, timeout time.Duration, what string, cond func() (
 		select {
 		case <-ctx.Done():
 			if lastErr != nil {
-				return fmt.Errorf("waiting for %s: %w (last error: %v)", what, ctx.Err(), lastErr)
+				return fmt.Errorf("waiting for %s: %w (last error: %w)", what, ctx.Err(), lastErr)
 			}
 			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
