@@ -170,9 +170,9 @@ func Query(proto, server, name string, timeout time.Duration) error {
 	return nil
 }
 
-// WaitSteady waits until want CoreDNS replicas are Ready, in the EndpointSlice, answer, and no
-// healer's last word on any of them is degraded or global (suspect is a healthy replica on a
-// loaded machine: a latency blip).
+// WaitSteady waits until want CoreDNS replicas are Ready, in the EndpointSlice, answer, none is
+// still terminating, and no healer's last word on any of them is degraded or global (suspect is a
+// healthy replica on a loaded machine: a latency blip).
 func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, timeout time.Duration) ([]PodRecord, error) {
 	var pods []PodRecord
 	var why string
@@ -181,6 +181,14 @@ func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, 
 		if len(pods) != want {
 			why = fmt.Sprintf("%d ready", len(pods))
 			return false
+		}
+		// An evicted pod terminates for its lameduck period; until it is gone the healer still
+		// counts it (toward --max-degraded), so the next episode starts after it.
+		for _, p := range o.All() {
+			if !p.Terminated.IsZero() && p.Gone.IsZero() {
+				why = p.Name + " still terminating"
+				return false
+			}
 		}
 		for _, p := range pods {
 			for healer, st := range LastStates(c, p.Name) {
