@@ -58,11 +58,12 @@ section=$(mktemp)
 	echo "each forwarding to its own in-test upstream where the fault is switched on; the healer in static"
 	echo "mode, --dry-run, probes and /pulse polls every 20 ms. Latency = audit line time - injection time."
 	echo "Targets: median <= 100 ms and worst <= 200 ms per class; no false verdict; <= 0.25 core, <= 100 MiB."
+	echo "GOMAXPROCS=1 is what Go (>= 1.25) picks by itself under a CPU limit of one core or less."
 	echo
 	cat "$frag"
 	if [[ $status != 0 ]]; then
 		echo
-		echo "**The benchmark run failed (exit $status); figures above may be partial.**"
+		echo "**The run reported failures (exit $status):** $(grep -E '^\s*--- FAIL' "$log" | sed 's/^ *--- FAIL: //; s/ (.*//' | paste -sd, - | sed 's/,/, /g')."
 	fi
 	echo "<!-- /healer-detection -->"
 } >"$section"

@@ -216,7 +216,7 @@ func TestBenchSoak(t *testing.T) {
 		}
 	}
 	t.Logf("dnsperf:\n%s", strings.Join(sent, "\n"))
-	report(t, fmt.Sprintf("Healthy soak: %s, dnsperf -Q %d against each of 3 replicas (%s): **%d false degraded verdicts, %d false global verdicts (replica-state lines), %d remediation lines** (dry run, --remediate-after default); %d suspect transitions.",
+	report(t, fmt.Sprintf("\nHealthy soak: %s, dnsperf -Q %d against each of 3 replicas (%s): **%d false degraded verdicts, %d false global verdicts (replica-state lines), %d remediation lines** (dry run, --remediate-after default); %d suspect transitions.",
 		soak, qps, strings.Join(sent, "; "), verdicts, globals, actions, suspects))
 	if verdicts+globals+actions > 0 {
 		t.Errorf("%d degraded, %d global verdicts and %d actions in a healthy soak", verdicts, globals, actions)
@@ -230,7 +230,7 @@ func TestBenchScale(t *testing.T) {
 	benchEnabled(t)
 	targets := envInt("BENCH_SCALE_TARGETS", 100)
 	window := envDuration("BENCH_SCALE_WINDOW", 20*time.Second)
-	report(t, "| healer load | targets | probes/s answered | /pulse polls/s | healer CPU (cores) | RSS MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|")
+	report(t, "\n| healer load | targets | probes/s answered | /pulse polls/s | healer CPU (cores) | RSS MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|")
 	type config struct {
 		pulse      bool
 		gomaxprocs int // 0: Go's default (the CPUs, or the cgroup's CPU limit)
