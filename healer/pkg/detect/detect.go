@@ -225,8 +225,10 @@ func (d *Detector) SetTargets(targets []replica.Target) {
 		if !ok {
 			r = &replicaData{answers: map[int]answerObs{}, mismatch: map[int]int{}, state: Unknown}
 			d.replicas[t.Name] = r
-		} else if r.target.DNSAddr != t.DNSAddr || r.target.PulseAddr != t.PulseAddr {
-			// A new address is a new process (a replacement pod): start afresh.
+		} else if r.target.DNSAddr != t.DNSAddr || r.target.PulseAddr != t.PulseAddr || t.Ready && !r.target.Ready {
+			// A new address is a new process (a replacement pod), and a replica that just
+			// became Ready has finished starting: what it did before proves nothing about it
+			// now, so start afresh rather than act on a verdict about its start-up.
 			*r = replicaData{answers: map[int]answerObs{}, mismatch: map[int]int{}, state: r.state}
 		}
 		r.target = t
@@ -757,8 +759,18 @@ func internalBad(r *replicaData) bool {
 	return (!r.lastHB.SelfProbe.OK && !r.lastHB.SelfProbe.Time.IsZero()) || r.lastHB.Verdict == heartbeat.VerdictDegraded
 }
 
-// judge is the per-replica rule when the failure is not global.
+// judge is the per-replica rule when the failure is not global. A replica that is not
+// Ready (starting, terminating) is suspect at most: it is not meant to serve, and a
+// degraded verdict about it would outlive its start-up.
 func (d *Detector) judge(r *replicaData, name string, e *external, pe *peers, now time.Time) (State, []string, time.Time) {
+	st, reasons, since := d.judgeReady(r, name, e, pe, now)
+	if !r.target.Ready && st == Degraded {
+		return Suspect, append([]string{"not Ready"}, reasons...), since
+	}
+	return st, reasons, since
+}
+
+func (d *Detector) judgeReady(r *replicaData, name string, e *external, pe *peers, now time.Time) (State, []string, time.Time) {
 	in := d.internal(r, pe)
 	if !e.known && !in.known {
 		return Unknown, nil, time.Time{}

@@ -644,3 +644,48 @@ func TestUnevenRecoveryFromGlobal(t *testing.T) {
 		t.Error("no global verdict")
 	}
 }
+
+// A replica that fails while starting (not Ready) is suspect at most, and once Ready its
+// start-up failures are forgotten: no stale degraded verdict to act on.
+func TestStartingReplicaIsNeverDegradedOnItsStartup(t *testing.T) {
+	d := New(DefaultThresholds(), []probe.Check{{Name: "a.example.", Type: dns.TypeA}})
+	ready := func(b bool) []replica.Target {
+		return []replica.Target{
+			{Name: "a", DNSAddr: "a:53", Ready: true, Remediable: true},
+			{Name: "b", DNSAddr: "b:53", Ready: true, Remediable: true},
+			{Name: "new", DNSAddr: "n:53", Ready: b, Remediable: true},
+		}
+	}
+	d.SetTargets(ready(false))
+	now := t0
+	for i := 0; i < 30; i++ {
+		now = now.Add(interval)
+		for _, n := range []string{"a", "b"} {
+			r := okProbe(n, 0)
+			r.Replica, r.Sent = n, now
+			d.ObserveProbe(r)
+		}
+		r := timeoutProbe()
+		r.Replica, r.Sent = "new", now
+		d.ObserveProbe(r)
+		for _, tr := range d.Evaluate(now.Add(41 * time.Millisecond)) {
+			if tr.Replica == "new" && tr.To == Degraded {
+				t.Fatalf("a starting replica was judged degraded: %v", tr)
+			}
+		}
+	}
+	if st := d.State("new"); st != Suspect {
+		t.Fatalf("starting replica failing probes: %s, want suspect", st)
+	}
+	d.SetTargets(ready(true))
+	now = now.Add(interval)
+	for _, n := range []string{"a", "b", "new"} {
+		r := okProbe(n, 0)
+		r.Replica, r.Sent = n, now
+		d.ObserveProbe(r)
+	}
+	d.Evaluate(now.Add(time.Millisecond))
+	if st := d.State("new"); st == Degraded || st == Suspect {
+		t.Errorf("ready replica answering fine is %s: start-up failures not forgotten", st)
+	}
+}
