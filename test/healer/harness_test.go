@@ -1,6 +1,6 @@
 //go:build integration
 
-// Package healer_test runs the real healer binary in static mode against real custom
+// The tests run the real healer binary in static mode against real custom
 // CoreDNS processes on loopback addresses, one test per fault-matrix row that needs no
 // Kubernetes, and asserts the verdicts and (dry-run) actions from the audit log.
 package healer_test
