@@ -2,7 +2,7 @@
 
 // The tests run the real healer binary in static mode against real custom
 // CoreDNS processes on loopback addresses, one test per fault-matrix row that needs no
-// Kubernetes, and asserts the verdicts and (dry-run) actions from the audit log.
+// Kubernetes, and assert the verdicts and (dry-run) actions from the audit log.
 package healer_test
 
 import (
