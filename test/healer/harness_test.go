@@ -191,7 +191,6 @@ type replicaProc struct {
 	pulseAddr string
 	up        *upstream
 	cmd       *exec.Cmd
-	stopped   atomic.Bool
 }
 
 const corefile = `.:%d {
