@@ -17,7 +17,6 @@ import (
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 
 	"github.com/miekg/dns"
-	ot "github.com/opentracing/opentracing-go"
 )
 
 var log = clog.NewWithPlugin("pulse")
@@ -31,8 +30,8 @@ type Pulse struct {
 	// self-probe puts no load on upstreams.
 	probeName   string
 	answerProbe bool
-	// traced is set when the server block has the trace plugin; only then can a span be
-	// in the context, and looking for one costs a walk up the context chain per query.
+	// traced is set when the server block has the trace plugin: only then can a trace
+	// span be in the context and want the chain to go through plugin.NextOrFailure.
 	traced bool
 }
 
@@ -45,33 +44,48 @@ func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) 
 	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
 		return p.serveProbe(ctx, w, r)
 	}
-	start := ticks()
+	// Everything live while the rest of the chain runs sits on the query goroutine's
+	// stack at its deepest point, and a few hundred bytes more there can make the runtime
+	// double (copy) that stack on most queries: the frame is kept small and the work
+	// after the chain returns is in done, whose frame exists only then.
 	rw := getRecorder(w)
-	status, err := p.next(ctx, rw, r)
+	rw.start = ticks()
+	var status int
+	var err error
+	if p.Next != nil && !p.traced {
+		// plugin.NextOrFailure allocates a writer wrapper per call (to track which plugin
+		// wrote), which would be pulse's only allocation; the plugin after pulse is
+		// prometheus, whose recorder does that tracking itself. With trace configured, a
+		// span may want its child, so the chain goes through NextOrFailure then.
+		status, err = p.Next.ServeDNS(ctx, rw, r)
+	} else {
+		status, err = p.nextOrFailure(ctx, rw, r)
+	}
+	p.done(rw, status)
+	return status, err
+}
+
+//go:noinline
+func (p *Pulse) nextOrFailure(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
+}
+
+// done records the query the recorder saw and returns the recorder to its pool.
+//
+//go:noinline
+func (p *Pulse) done(rw *recorder, status int) {
 	end := ticks()
 	kind := outcome(rw.wrote, rw.rcode, status)
 	var source uint32
 	if kind == dns.RcodeServerFailure {
-		source = sourceHash(w.RemoteAddr())
+		source = sourceHash(rw.ResponseWriter.RemoteAddr())
 	}
+	p.hub.store.record(shardHint(), p.hub.clock.since(end), p.hub.clock.elapsed(rw.start, end), kind, source)
 	putRecorder(rw)
-	p.hub.store.record(shardHint(), p.hub.clock.since(end), p.hub.clock.elapsed(start, end), kind, source)
-	return status, err
 }
 
 // Name implements plugin.Handler.
 func (p *Pulse) Name() string { return "pulse" }
-
-// next calls the rest of the chain. plugin.NextOrFailure allocates a writer wrapper per
-// call (to track which plugin wrote), which would be pulse's only allocation; the plugin
-// right after pulse is prometheus, whose own recorder does that tracking, so pulse calls
-// it directly, and goes through NextOrFailure only when a trace span wants a child.
-func (p *Pulse) next(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if p.Next == nil || (p.traced && ot.SpanFromContext(ctx) != nil) {
-		return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
-	}
-	return p.Next.ServeDNS(ctx, w, r)
-}
 
 func (p *Pulse) isProbe(r *dns.Msg) bool {
 	return len(r.Question) == 1 && strings.EqualFold(r.Question[0].Name, p.probeName)

@@ -13,6 +13,7 @@ import (
 // fresh one per query would be the hot path's only allocation.
 type recorder struct {
 	dns.ResponseWriter
+	start int64 // ticks() when the query entered pulse
 	rcode int
 	wrote bool
 }
