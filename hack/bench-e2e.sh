@@ -49,7 +49,8 @@ section=$(mktemp)
 	echo "every packet into the pod; udp-drop = UDP port 53 dropped (TCP works); stale = the pod's apiserver"
 	echo "connection cut (the freshness canary rotates every 2 s, max lag 3 s). Times from the injection to:"
 	echo "the degraded audit line; the pod leaving the kube-dns EndpointSlice's ready endpoints; a replacement"
-	echo "pod Ready and answering on its IP. Each round starts from three healthy replicas."
+	echo "pod Ready and answering on its IP (verdict = the first degraded line of either healer). Each round starts"
+	echo "from three healthy replicas, the previous round's evicted pod gone."
 	echo
 	cat "$frag"
 	if [[ $status != 0 ]]; then
