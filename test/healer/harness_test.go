@@ -293,7 +293,8 @@ func startCluster(t testing.TB, extraHealerArgs ...string) *cluster {
 	dir := t.TempDir()
 	auditPath := filepath.Join(dir, "audit.log")
 	args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", auditPath,
-		"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms"}
+		"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms",
+		"--warm-up", "1s"} // the tests inject their faults once every replica is healthy
 	for _, r := range c.replicas {
 		args = append(args, "--target", r.target())
 	}

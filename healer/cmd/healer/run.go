@@ -94,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			Cooldown: opts.Cooldown, GlobalCooldown: opts.GlobalCooldown,
 			RetryBackoff: opts.RetryBackoff, RetryBackoffMax: opts.RetryBackoffMax,
 			ActAfter: opts.RemediateAfter,
+			WarmUp:   opts.WarmUp,
 		},
 		DryRun:  opts.DryRun,
 		Audit:   auditLog,

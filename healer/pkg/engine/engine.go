@@ -73,6 +73,7 @@ type Engine struct {
 	refused   map[string]string // guard whose refusal is already recorded in this episode
 	reasons   map[string][]string
 	degraded  map[string]time.Time // since when each degraded replica is
+	readyAt   map[string]time.Time // since when each Ready replica has been Ready, as seen here
 	boosted   map[string]time.Time // replicas probed faster, until when
 	globalSet []string
 	outcomes  chan outcome
@@ -273,6 +274,18 @@ func (e *Engine) sync(ctx context.Context) {
 	if slices.Equal(ts, e.targets) {
 		return
 	}
+	now := e.now()
+	readyAt := make(map[string]time.Time, len(ts))
+	for _, t := range ts {
+		if t.Ready {
+			if at, ok := e.readyAt[t.Name]; ok {
+				readyAt[t.Name] = at
+			} else {
+				readyAt[t.Name] = now
+			}
+		}
+	}
+	e.readyAt = readyAt
 	for _, old := range e.targets {
 		if !slices.ContainsFunc(ts, func(t replica.Target) bool { return t.Name == old.Name }) {
 			e.cfg.Metrics.Forget(old.Name)
@@ -397,7 +410,7 @@ func (e *Engine) remediate(ctx context.Context, now time.Time) {
 		if states[t.Name] != detect.Degraded {
 			continue
 		}
-		v := e.guards.check(now, e.degraded[t.Name], t, states, e.targets)
+		v := e.guards.check(now, e.degraded[t.Name], e.readyAt[t.Name], t, states, e.targets)
 		if v.wait {
 			continue
 		}

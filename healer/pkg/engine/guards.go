@@ -19,6 +19,10 @@ type GuardConfig struct {
 	// ActAfter: a replica must have been degraded this long before it is remediated. The
 	// verdict stays fast; the action waits out a stall that resolves by itself.
 	ActAfter time.Duration
+	// WarmUp: a replica must have been Ready this long before it is remediated. A fresh
+	// replacement (cold cache, a watch just synced) or any replica seen right after the
+	// healer starts can look worse than its peers for a moment; when unsure, do not evict.
+	WarmUp time.Duration
 }
 
 // guards remembers past actions and decides whether one more is safe. Pure: the time is
@@ -47,14 +51,16 @@ type verdict struct {
 	guard string
 }
 
-// check decides on remediating t, degraded since 'since'. states holds every replica's
-// state, targets every replica.
-func (g *guards) check(now, since time.Time, t replica.Target, states map[string]detect.State, targets []replica.Target) verdict {
+// check decides on remediating t, degraded since 'since' and Ready since 'readySince'.
+// states holds every replica's state, targets every replica.
+func (g *guards) check(now, since, readySince time.Time, t replica.Target, states map[string]detect.State, targets []replica.Target) verdict {
 	switch {
 	case now.Sub(since) < g.cfg.ActAfter:
 		return verdict{wait: true, why: fmt.Sprintf("degraded for %s, acting after %s", now.Sub(since), g.cfg.ActAfter)}
 	case !t.Ready:
 		return verdict{guard: "ready", why: "replica is not Ready: it is not serving, nothing to gain"}
+	case readySince.IsZero() || now.Sub(readySince) < g.cfg.WarmUp:
+		return verdict{guard: "warm-up", why: fmt.Sprintf("--warm-up: replica Ready for %s (< %s): a fresh replica is judged, not remediated", now.Sub(readySince).Round(100*time.Millisecond), g.cfg.WarmUp)}
 	case !t.Remediable:
 		why := t.Why
 		if why == "" {

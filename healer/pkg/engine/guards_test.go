@@ -77,7 +77,7 @@ func TestGuards(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(g)
 			}
-			v := g.check(tc.now, t0.Add(-time.Hour), tc.target, tc.states, ts)
+			v := g.check(tc.now, t0.Add(-time.Hour), t0.Add(-time.Hour), tc.target, tc.states, ts)
 			if v.act != tc.act || v.wait != tc.wait || (tc.why != "" && !strings.Contains(v.why, tc.why)) || (!v.act && !v.wait && v.guard == "") {
 				t.Errorf("got %+v, want act=%v wait=%v why~%q", v, tc.act, tc.wait, tc.why)
 			}
@@ -89,11 +89,28 @@ func TestActAfter(t *testing.T) {
 	g := newGuards(GuardConfig{MinAvailable: 1, MaxDegraded: 1, ActAfter: time.Second})
 	ts := targets("a", "b", "c")
 	states := map[string]detect.State{"a": detect.Healthy, "b": detect.Degraded, "c": detect.Healthy}
-	if v := g.check(t0.Add(500*time.Millisecond), t0, ts[1], states, ts); !v.wait || v.act {
+	if v := g.check(t0.Add(500*time.Millisecond), t0, t0.Add(-time.Hour), ts[1], states, ts); !v.wait || v.act {
 		t.Errorf("degraded for 500ms: want wait, got %+v", v)
 	}
-	if v := g.check(t0.Add(time.Second), t0, ts[1], states, ts); !v.act {
+	if v := g.check(t0.Add(time.Second), t0, t0.Add(-time.Hour), ts[1], states, ts); !v.act {
 		t.Errorf("degraded for 1s: want act, got %+v", v)
+	}
+}
+
+func TestWarmUp(t *testing.T) {
+	g := newGuards(GuardConfig{MinAvailable: 1, MaxDegraded: 1, WarmUp: 10 * time.Second})
+	ts := targets("a", "b", "c")
+	states := map[string]detect.State{"a": detect.Healthy, "b": detect.Degraded, "c": detect.Healthy}
+	degradedSince := t0.Add(-time.Minute)
+	readySince := t0
+	if v := g.check(t0.Add(9*time.Second), degradedSince, readySince, ts[1], states, ts); v.act || v.wait || v.guard != "warm-up" || !strings.Contains(v.why, "--warm-up") {
+		t.Errorf("Ready for 9s of a 10s warm-up: want a warm-up refusal, got %+v", v)
+	}
+	if v := g.check(t0.Add(9*time.Second), degradedSince, time.Time{}, ts[1], states, ts); v.act || v.guard != "warm-up" {
+		t.Errorf("never seen Ready: want a warm-up refusal, got %+v", v)
+	}
+	if v := g.check(t0.Add(10*time.Second), degradedSince, readySince, ts[1], states, ts); !v.act {
+		t.Errorf("Ready for 10s: want act, got %+v", v)
 	}
 }
 

@@ -70,6 +70,8 @@ type Options struct {
 	RetryBackoffMax time.Duration
 	// RemediateAfter: how long a replica must stay degraded before it is acted on.
 	RemediateAfter time.Duration
+	// WarmUp: how long a replica must have been Ready before it may be acted on.
+	WarmUp time.Duration
 
 	LeaderElect          bool
 	LeaderElectNamespace string
@@ -113,6 +115,7 @@ func New() *Options {
 		RetryBackoff:     5 * time.Second,
 		RetryBackoffMax:  2 * time.Minute,
 		RemediateAfter:   time.Second,
+		WarmUp:           10 * time.Second,
 		LeaderElect:      true,
 		LeaderElectLease: "dnspulse-healer",
 		Thresholds:       detect.DefaultThresholds(),
@@ -155,6 +158,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RetryBackoff, "retry-backoff", o.RetryBackoff, "first wait after a blocked remediation (doubles up to --retry-backoff-max)")
 	fs.DurationVar(&o.RetryBackoffMax, "retry-backoff-max", o.RetryBackoffMax, "longest wait between retries of a blocked remediation")
 	fs.DurationVar(&o.RemediateAfter, "remediate-after", o.RemediateAfter, "act on a replica only once it has stayed degraded this long (the verdict itself is not delayed)")
+	fs.DurationVar(&o.WarmUp, "warm-up", o.WarmUp, "act on a replica only once it has been Ready this long (a fresh replacement, or any replica right after the healer starts, is judged but not remediated)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Kubernetes mode: only the holder of a Lease acts")
 	fs.StringVar(&o.LeaderElectNamespace, "leader-elect-namespace", o.LeaderElectNamespace, "namespace of the leader Lease (default: the canary namespace)")
 	fs.StringVar(&o.LeaderElectLease, "leader-elect-lease", o.LeaderElectLease, "name of the leader Lease")
@@ -212,6 +216,7 @@ type FileGuards struct {
 	RetryBackoff    *Duration `json:"retryBackoff"`
 	RetryBackoffMax *Duration `json:"retryBackoffMax"`
 	RemediateAfter  *Duration `json:"remediateAfter"`
+	WarmUp          *Duration `json:"warmUp"`
 	ProbeInterval   *Duration `json:"probeInterval"`
 	ProbeTimeout    *Duration `json:"probeTimeout"`
 	MaxProbeQPS     *int      `json:"maxProbeQPS"`
@@ -315,6 +320,7 @@ func (o *Options) applyFile(fs *pflag.FlagSet, f *File) {
 		setDur(fs, "retry-backoff", &o.RetryBackoff, g.RetryBackoff)
 		setDur(fs, "retry-backoff-max", &o.RetryBackoffMax, g.RetryBackoffMax)
 		setDur(fs, "remediate-after", &o.RemediateAfter, g.RemediateAfter)
+		setDur(fs, "warm-up", &o.WarmUp, g.WarmUp)
 		setDur(fs, "probe-interval", &o.ProbeInterval, g.ProbeInterval)
 		setDur(fs, "probe-timeout", &o.ProbeTimeout, g.ProbeTimeout)
 		setDur(fs, "pulse-interval", &o.PulseInterval, g.PulseInterval)
@@ -471,6 +477,9 @@ func (o *Options) Validate() error {
 	}
 	if o.RemediateAfter < 0 {
 		bad("remediate-after", "must be >= 0")
+	}
+	if o.WarmUp < 0 {
+		bad("warm-up", "must be >= 0")
 	}
 	if o.GlobalCooldown < 0 {
 		bad("global-cooldown", "must be >= 0")
