@@ -66,7 +66,7 @@ done
 
 say "starting the healer (static mode; remediation: restart the replica)"
 "$BIN/healer" "${targets[@]}" --check demo.test/A --audit-log "$work/audit.log" \
-  --metrics-addr 127.0.0.1:9156 --remediate-exec "$work/restart.sh" --cooldown 30s --global-cooldown 10s \
+  --metrics-addr 127.0.0.1:9156 --remediate-exec "$work/restart.sh" --cooldown 30s --global-cooldown 10s --warm-up 3s \
   >"$work/healer.log" 2>&1 &
 pids+=($!)
 
