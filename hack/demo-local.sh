@@ -41,6 +41,7 @@ start_replica() { # $1 = name, $2 = address
 CF
   "$BIN/coredns" -conf "$work/$1.Corefile" -quiet >"$work/$1.log" 2>&1 &
   echo $! > "$work/$1.pid"
+  disown # the remediation kills it; that is the story, not a shell notice
 }
 # The remediation the healer runs (static mode appends the replica's name): restart it.
 cat > "$work/restart.sh" <<SH
@@ -112,8 +113,8 @@ import json, sys, datetime
 fault = int(sys.argv[1]); e = json.loads(sys.argv[2])
 t = e["time"]; ts = datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
 dt = (ts - fault / 1e9) * 1000
-if dt < 0 and e["event"] == "state":
-    sys.exit()
+if dt < 0:
+    sys.exit()  # the story starts at the fault
 what = {"state": lambda: f'{e["replica"]}: {e["from"]} -> {e["to"]}  ({"; ".join(e.get("reasons") or [])})',
         "remediation": lambda: f'{e["replica"]}: remediation {e["action"]} -> {e["result"]} {e.get("message","")}'}.get(e["event"], lambda: json.dumps(e))()
 print(f"{t[11:23]}  +{dt:7.0f} ms  {what}")
