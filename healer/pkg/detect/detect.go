@@ -161,6 +161,7 @@ type probeObs struct {
 	latency time.Duration
 	ok      bool
 	why     string
+	check   int // index of the check (probe.Result.Check)
 }
 
 type answerObs struct {
@@ -264,7 +265,7 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	if !ok || res.Late {
 		return // a probe the healer itself was too stalled to judge says nothing
 	}
-	o := probeObs{sent: res.Sent, latency: res.Latency, ok: res.OK()}
+	o := probeObs{sent: res.Sent, latency: res.Latency, ok: res.OK(), check: res.Check}
 	switch {
 	case res.Err != nil && res.Timeout:
 		o.why = fmt.Sprintf("probe timeout after %s", res.Latency.Round(time.Millisecond))
@@ -414,6 +415,41 @@ type external struct {
 	last      []probeObs    // the RecentProbes latest, by send time (shares r.probes)
 }
 
+// failingCheck finds a check whose own latest RecentProbes results hold MinFailures
+// failures, the latest failing; it returns -1 when there is none. recent is in send order.
+func (d *Detector) failingCheck(recent []probeObs) (check, n, fails int, why string, since time.Time) {
+	var seen [8]int // checks already judged; a healer has a handful
+	nseen := 0
+	for i := len(recent) - 1; i >= 0; i-- {
+		c := recent[i].check
+		if slices.Contains(seen[:nseen], c) {
+			continue
+		}
+		if nseen < len(seen) {
+			seen[nseen] = c
+			nseen++
+		}
+		if recent[i].ok {
+			continue // this check's latest result passed
+		}
+		n, fails, since = 0, 0, time.Time{}
+		for j := i; j >= 0 && n < d.th.RecentProbes; j-- {
+			if recent[j].check != c {
+				continue
+			}
+			n++
+			if !recent[j].ok {
+				fails++
+				since = recent[j].sent
+			}
+		}
+		if fails >= d.th.MinFailures {
+			return c, n, fails, recent[i].why, since
+		}
+	}
+	return -1, 0, 0, "", time.Time{}
+}
+
 // external judges the probes; it allocates only when it has a reason to give.
 func (d *Detector) external(r *replicaData, now time.Time) external {
 	var e external
@@ -454,6 +490,13 @@ func (d *Detector) external(r *replicaData, now time.Time) external {
 	if fails >= d.th.MinFailures && !last[len(last)-1].ok {
 		e.failing = true
 		e.reasons = append(e.reasons, fmt.Sprintf("%d of the last %d probes failed (%s)", fails, len(last), last[len(last)-1].why))
+	} else if c, n, nfail, why, since := d.failingCheck(recent); c >= 0 {
+		// One check failing steadily (a broken upstream fails the forwarded name while
+		// cluster.local answers) alternates with the passing ones in the mixed sequence
+		// above and would never make the replica failing; judged per check it does.
+		e.failing = true
+		e.since = since
+		e.reasons = append(e.reasons, fmt.Sprintf("%d of the last %d probes of one check failed (%s)", nfail, n, why))
 	}
 	tail := recent[max(0, len(recent)-d.th.RecoverSuccesses):]
 	e.recovered = len(tail) >= d.th.RecoverSuccesses

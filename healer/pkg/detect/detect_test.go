@@ -86,6 +86,8 @@ type scenario struct {
 	pulse pulseFn
 	// fresh, when set, adds the canary check.
 	fresh replica.FreshnessSource
+	// fwd, when set, adds a second check (a forwarded name) whose results it gives.
+	fwd probeFn
 	// want: the worst state each replica must reach after the fault ("" = not checked),
 	// and states it must never reach.
 	want  map[string]State
@@ -105,6 +107,11 @@ func simulate(t *testing.T, sc scenario, th Thresholds) map[string][]Transition 
 	if sc.fresh != nil {
 		checks = append(checks, probe.Check{Name: "canary.example.", Type: dns.TypeCNAME, Canary: true})
 	}
+	fwdCheck := -1
+	if sc.fwd != nil {
+		fwdCheck = len(checks)
+		checks = append(checks, probe.Check{Name: "fwd.example.", Type: dns.TypeA})
+	}
 	d := New(th, checks)
 	var targets []replica.Target
 	for _, n := range names {
@@ -119,6 +126,9 @@ func simulate(t *testing.T, sc scenario, th Thresholds) map[string][]Transition 
 		for sent := phase; sent < runFor; sent += interval {
 			for c := range checks {
 				r := sc.probe(n, sent)
+				if c == fwdCheck {
+					r = sc.fwd(n, sent)
+				}
 				if checks[c].Canary {
 					r.Canary = true
 					r.CanaryOK, r.CanaryWhy = sc.fresh.Accept(n, t0.Add(sent))
@@ -406,6 +416,63 @@ func TestFaultMatrix(t *testing.T) {
 
 // TestDetectionLatency checks the order of magnitude the design aims at (timing figures
 // come from the benchmark; this only proves the rules need no long history).
+// The upstream fails for every replica: the forwarded name SERVFAILs everywhere while the
+// cluster name answers. Mixed with the passing check, one replica's probe sequence never
+// looks failing as a whole; judged per check, every replica fails the same check: global,
+// and none degraded. One replica alone failing it is degraded (its upstream is broken).
+func TestOneCheckFailingEverywhereIsGlobal(t *testing.T) {
+	servfail := func(string, time.Duration) probe.Result {
+		return probe.Result{Latency: time.Millisecond, Rcode: dns.RcodeServerFailure, Failure: "rcode SERVFAIL, want NOERROR"}
+	}
+	pulse := func(n string, s time.Duration, seq uint64) pulsereader.Result {
+		r := okPulse(n, s, seq)
+		if after(s) {
+			r.HB = hb(seq, hbOpts{servfail: 0.5, queries: 200})
+		}
+		return r
+	}
+	got := simulate(t, scenario{
+		probe: okProbe,
+		fwd: func(n string, s time.Duration) probe.Result {
+			if after(s) {
+				return servfail(n, s)
+			}
+			return okProbe(n, s)
+		},
+		pulse: pulse,
+	}, DefaultThresholds())
+	for _, n := range []string{"a", "b", "c"} {
+		states := statesAfter(got[n], t0.Add(faultAt))
+		if !slices.Contains(states, Global) || slices.Contains(states, Degraded) {
+			t.Errorf("%s: states %v after the fault; want global and never degraded", n, states)
+		}
+	}
+
+	got = simulate(t, scenario{
+		probe: okProbe,
+		fwd: func(n string, s time.Duration) probe.Result {
+			if n == "b" && after(s) {
+				return servfail(n, s)
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) pulsereader.Result {
+			if n == "b" {
+				return pulse(n, s, seq)
+			}
+			return okPulse(n, s, seq)
+		},
+	}, DefaultThresholds())
+	if states := statesAfter(got["b"], t0.Add(faultAt)); !slices.Contains(states, Degraded) {
+		t.Errorf("b alone failing the forwarded check: states %v, want degraded", states)
+	}
+	for _, n := range []string{"a", "c"} {
+		if states := statesAfter(got[n], t0.Add(faultAt)); slices.Contains(states, Degraded) || slices.Contains(states, Global) {
+			t.Errorf("%s: states %v, want neither degraded nor global", n, states)
+		}
+	}
+}
+
 func TestDetectionLatency(t *testing.T) {
 	sc := scenario{
 		probe: func(n string, s time.Duration) probe.Result {
