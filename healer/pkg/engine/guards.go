@@ -82,7 +82,11 @@ func (g *guards) check(now, since, readySince time.Time, t replica.Target, state
 	for _, p := range targets {
 		switch states[p.Name] {
 		case detect.Degraded:
-			degraded++
+			// A replica on its way out (evicted, terminating: not Ready) serves nothing;
+			// counting it would make the next real fault look like a wide one.
+			if p.Ready || p.Name == t.Name {
+				degraded++
+			}
 		case detect.Healthy:
 			if p.Name != t.Name && p.Ready {
 				healthy++

@@ -131,3 +131,19 @@ func TestBlockedBackoffDoubles(t *testing.T) {
 		}
 	}
 }
+
+// An evicted replica still terminating (not Ready) may still be judged degraded; it must
+// not count against --max-degraded when the next replica fails for real.
+func TestTerminatingDegradedDoesNotBlockTheNext(t *testing.T) {
+	g := newGuards(GuardConfig{MinAvailable: 1, MaxDegraded: 1})
+	ts := targets("a", "b", "c", "d")
+	ts[0].Ready = false // a: evicted, in its lameduck
+	states := map[string]detect.State{"a": detect.Degraded, "b": detect.Degraded, "c": detect.Healthy, "d": detect.Healthy}
+	if v := g.check(t0, t0.Add(-time.Hour), t0.Add(-time.Hour), ts[1], states, ts); !v.act {
+		t.Fatalf("b degraded, a terminating: want act, got %+v", v)
+	}
+	ts[0].Ready = true
+	if v := g.check(t0, t0.Add(-time.Hour), t0.Add(-time.Hour), ts[1], states, ts); v.act || v.guard != "max-degraded" {
+		t.Fatalf("two Ready replicas degraded: want max-degraded, got %+v", v)
+	}
+}
