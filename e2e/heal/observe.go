@@ -49,6 +49,8 @@ type Event struct {
 	Reason   string
 	Note     string
 	Reporter string
+	// Count is the occurrence: 1, or the Event's Series.Count.
+	Count int32
 }
 
 // Observer watches the CoreDNS pods, the kube-dns EndpointSlices and the Events in the DNS
@@ -207,12 +209,19 @@ func (o *Observer) onEvent(obj any, deleted bool) {
 		r = &PodRecord{Name: e.Regarding.Name, UID: types.UID("name:" + e.Regarding.Name), FirstSeen: time.Now()}
 		o.byName[r.Name] = r
 	}
+	// client-go's events.k8s.io recorder folds an Event that recurs on the same object with the
+	// same reason into a series of the first one (same note, Series.Count grows): a new count is a
+	// new occurrence, seen now.
+	count := int32(1)
+	if e.Series != nil {
+		count = e.Series.Count
+	}
 	for _, have := range r.Events {
-		if have.Reason == e.Reason && have.Note == e.Note {
-			return // an update of a series we already have
+		if have.Reason == e.Reason && have.Note == e.Note && have.Count == count {
+			return // an update of an occurrence we already have
 		}
 	}
-	r.Events = append(r.Events, Event{Seen: time.Now(), Type: e.Type, Reason: e.Reason, Note: e.Note, Reporter: e.ReportingController})
+	r.Events = append(r.Events, Event{Seen: time.Now(), Type: e.Type, Reason: e.Reason, Note: e.Note, Reporter: e.ReportingController, Count: count})
 	o.notify()
 }
 
