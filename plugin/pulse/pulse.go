@@ -38,8 +38,8 @@ type Pulse struct {
 // ServeDNS implements plugin.Handler.
 //
 // Hot path: no lock and no allocation (the recorder is pooled). Two reads of the CPU's
-// time-stamp counter, a shard lookup and a few uncontended atomic adds; BenchmarkServeDNS in bench_test.go measures
-// it against the same chain without pulse (see BENCHMARKS.md).
+// time-stamp counter, a shard lookup and a few uncontended atomic adds; BenchmarkServeDNS
+// in bench_test.go measures it against the same chain without pulse (see BENCHMARKS.md).
 func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
 		return p.serveProbe(ctx, w, r)
@@ -65,6 +65,8 @@ func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) 
 	return status, err
 }
 
+// nextOrFailure is out of line so that its frame is not part of ServeDNS's.
+//
 //go:noinline
 func (p *Pulse) nextOrFailure(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
