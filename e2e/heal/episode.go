@@ -191,6 +191,13 @@ func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, 
 			}
 		}
 		for _, p := range pods {
+			// The healer acts on a replica only once it has been Ready for --warm-up; a fault on a
+			// younger one waits that out, and a hung one turns NotReady first (left to the liveness
+			// probe). An episode measures the steady state: every replica past its warm-up.
+			if age := time.Since(p.Ready); p.Ready.IsZero() || age < WarmUp {
+				why = fmt.Sprintf("%s Ready for %s, within the healer's warm-up", p.Name, age.Round(time.Second))
+				return false
+			}
 			for healer, st := range LastStates(c, p.Name) {
 				if st.To == "degraded" || st.To == "global" {
 					why = fmt.Sprintf("healer %s says %s is %s", healer, p.Name, st.To)

@@ -32,6 +32,10 @@ const (
 	forwardedIP   = "192.0.2.53"
 )
 
+// WarmUp is remediation.warmUp in Values: how long a replica must have been Ready before the
+// healer acts on it.
+const WarmUp = 10 * time.Second
+
 // Values are the chart values every scenario starts from. The healer's own defaults (20 ms
 // probes, 100 ms timeout) assume an idle node; the e2e machine is shared and loaded, so the probes
 // get 250 ms (still far below a client's 2-5 s resolver timeout) and the cooldowns are short so
@@ -55,6 +59,7 @@ canary:
   maxLag: 3s
 remediation:
   readinessGate: true
+  warmUp: 10s
   cooldown: 10s
   globalCooldown: 2s
   retryBackoff: 1s
