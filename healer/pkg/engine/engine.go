@@ -73,7 +73,7 @@ type Engine struct {
 	refused   map[string]string // guard whose refusal is already recorded in this episode
 	reasons   map[string][]string
 	degraded  map[string]time.Time // since when each degraded replica is
-	readyAt   map[string]time.Time // since when each Ready replica has been Ready, as seen here
+	readyAt   map[string]time.Time // when each replica was first seen Ready here
 	boosted   map[string]time.Time // replicas probed faster, until when
 	globalSet []string
 	outcomes  chan outcome
@@ -274,15 +274,15 @@ func (e *Engine) sync(ctx context.Context) {
 	if slices.Equal(ts, e.targets) {
 		return
 	}
+	// readyAt is when each replica was first seen Ready: a replica is "fresh" for --warm-up
+	// after that, and a readiness flap later does not make it fresh again.
 	now := e.now()
 	readyAt := make(map[string]time.Time, len(ts))
 	for _, t := range ts {
-		if t.Ready {
-			if at, ok := e.readyAt[t.Name]; ok {
-				readyAt[t.Name] = at
-			} else {
-				readyAt[t.Name] = now
-			}
+		if at, ok := e.readyAt[t.Name]; ok {
+			readyAt[t.Name] = at
+		} else if t.Ready {
+			readyAt[t.Name] = now
 		}
 	}
 	e.readyAt = readyAt
