@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"sigs.k8s.io/yaml"
 
-	"github.com/dnspulse/dnspulse/healer/pkg/kube"
+	"github.com/dnspulse/dnspulse/healer/api"
 )
 
 // These tests need no image: they check build/coredns's manifests against kubeadm's
@@ -106,10 +106,10 @@ func TestDeploymentPatchOnKubeadm(t *testing.T) {
 		t.Errorf("no TCP port 9155 named pulse: %v", c.Ports)
 	}
 	// The names the healer reads, from the healer's own constants.
-	if got := d.Spec.Template.Annotations[kube.AnnotationPulsePort]; got != "9155" {
-		t.Errorf("annotation %s = %q, want the pulse port 9155", kube.AnnotationPulsePort, got)
+	if got := d.Spec.Template.Annotations[api.AnnotationPulsePort]; got != "9155" {
+		t.Errorf("annotation %s = %q, want the pulse port 9155", api.AnnotationPulsePort, got)
 	}
-	if !slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: kube.ConditionServing}) {
+	if !slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: api.ConditionServing}) {
 		t.Errorf("no readiness gate dnspulse.io/serving: %v", spec.ReadinessGates)
 	}
 	sc := c.SecurityContext

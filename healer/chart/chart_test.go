@@ -24,7 +24,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/dnspulse/dnspulse/healer/pkg/options"
+	"github.com/dnspulse/dnspulse/healer/internal/config"
 )
 
 const (
@@ -32,11 +32,11 @@ const (
 	releaseNamespace = "dnspulse-system"
 )
 
-// healerFlags are the flags of the real healer (healer/pkg/options), except --version:
+// healerFlags are the flags of the real healer (healer/internal/config), except --version:
 // each must be reachable from values.
 func healerFlags() []string {
 	fs := pflag.NewFlagSet("healer", pflag.ContinueOnError)
-	options.New().AddFlags(fs)
+	config.Default().AddFlags(fs)
 	var names []string
 	fs.VisitAll(func(f *pflag.Flag) {
 		if f.Name != "version" {

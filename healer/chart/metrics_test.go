@@ -10,11 +10,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dnspulse/dnspulse/healer/pkg/metrics"
+	"github.com/dnspulse/dnspulse/healer/internal/metrics"
 )
 
 // TestMonitoringUsesRealMetrics keeps the alerts and the dashboard true to the code: every
-// dnspulse_healer_* name they use is registered by healer/pkg/metrics, every coredns_pulse_*
+// dnspulse_healer_* name they use is registered by healer/internal/metrics, every coredns_pulse_*
 // name is declared in plugin/pulse/metrics.go. A renamed metric fails here, not in a
 // silent dashboard.
 func TestMonitoringUsesRealMetrics(t *testing.T) {

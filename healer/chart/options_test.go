@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/dnspulse/dnspulse/healer/pkg/options"
+	"github.com/dnspulse/dnspulse/healer/internal/config"
 )
 
 // TestArgsAcceptedByHealer hands the rendered args (and the rendered --config file) to the
@@ -32,17 +32,10 @@ func TestArgsAcceptedByHealer(t *testing.T) {
 				}
 				args[i] = "--config=" + path
 			}
-			fs := pflag.NewFlagSet("healer", pflag.ContinueOnError)
-			o := options.New()
-			o.AddFlags(fs)
-			if err := fs.Parse(args); err != nil {
-				t.Fatalf("healer flags refuse %q: %v", args, err)
-			}
-			if fs.NArg() != 0 {
-				t.Errorf("stray arguments %v", fs.Args())
-			}
-			if err := o.Complete(fs); err != nil {
-				t.Fatalf("healer Complete: %v", err)
+			var usage strings.Builder
+			o, _, err := config.Parse(args, &usage)
+			if err != nil {
+				t.Fatalf("healer refuses %q: %v\n%s", args, err, usage.String())
 			}
 			if err := o.Validate(); err != nil {
 				t.Fatalf("healer Validate: %v", err)
@@ -56,7 +49,7 @@ func TestArgsAcceptedByHealer(t *testing.T) {
 func TestDefaultsAreTheHealers(t *testing.T) {
 	args := mustRender(t, nil).deployment(t).Spec.Template.Spec.Containers[0].Args
 	fs := pflag.NewFlagSet("healer", pflag.ContinueOnError)
-	options.New().AddFlags(fs)
+	config.Default().AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnspulse/dnspulse/healer/api"
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
@@ -107,7 +108,7 @@ func TestBenchDetect(t *testing.T) {
 				for _, l := range c.audit.from(t, mark) {
 					if l.Event == "state" && (l.To == "degraded" || l.To == "global") && l.Replica != victim.name {
 						falses++
-						t.Logf("false verdict: %s", l.raw)
+						t.Logf("false verdict: %s", l.Raw)
 					}
 				}
 				c.audit.waitFrom(t, mark, verdictWithin, victim.name+" healthy again", func(l line) bool {
@@ -126,7 +127,7 @@ func TestBenchDetect(t *testing.T) {
 					})
 					waitFor(t, verdictWithin, r.name+" healthy", func() bool {
 						c.audit.read(t)
-						last := ""
+						var last api.State
 						for _, l := range c.audit.lines {
 							if l.Event == "state" && l.Replica == r.name {
 								last = l.To
@@ -204,13 +205,13 @@ func TestBenchSoak(t *testing.T) {
 		switch {
 		case l.Event == "state" && l.To == "degraded":
 			verdicts++
-			t.Logf("false verdict: %s", l.raw)
+			t.Logf("false verdict: %s", l.Raw)
 		case l.Event == "state" && l.To == "global":
 			globals++
-			t.Logf("false global verdict: %s", l.raw)
+			t.Logf("false global verdict: %s", l.Raw)
 		case l.Event == "remediation":
 			actions++
-			t.Logf("false action: %s", l.raw)
+			t.Logf("false action: %s", l.Raw)
 		case l.Event == "state" && l.To == "suspect":
 			suspects++
 		}

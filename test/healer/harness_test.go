@@ -8,7 +8,6 @@ package healer_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnspulse/dnspulse/healer/audit"
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
@@ -342,20 +342,8 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
-// line is one audit line.
-type line struct {
-	Time    time.Time `json:"time"`
-	Event   string    `json:"event"`
-	Replica string    `json:"replica"`
-	From    string    `json:"from"`
-	To      string    `json:"to"`
-	Reasons []string  `json:"reasons"`
-	Action  string    `json:"action"`
-	DryRun  bool      `json:"dryRun"`
-	Result  string    `json:"result"`
-	Message string    `json:"message"`
-	raw     string
-}
+// line is one audit line, as the healer's own audit package reads it back.
+type line = audit.Line
 
 // auditLog tails the healer's audit file.
 type auditLog struct {
@@ -388,19 +376,10 @@ func (a *auditLog) read(t testing.TB) {
 		}
 		raw := a.buf[:i]
 		a.buf = a.buf[i+1:]
-		var l line
-		if err := json.Unmarshal(raw, &l); err != nil {
-			t.Fatalf("audit line is not JSON: %q: %v", raw, err)
+		l, err := audit.Parse(raw)
+		if err != nil {
+			t.Fatalf("the healer's audit file holds a line that is not a valid audit line: %v", err)
 		}
-		if l.Event == "" {
-			t.Fatalf("audit line without event: %q", raw)
-		}
-		if l.Event == "state" || l.Event == "remediation" {
-			if !strings.Contains(string(raw), `"time":"`) {
-				t.Fatalf("audit line without time: %q", raw)
-			}
-		}
-		l.raw = string(raw)
 		a.lines = append(a.lines, l)
 	}
 }

@@ -13,15 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnspulse/dnspulse/healer/api"
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
-// The fault-matrix rows of DESIGN.md that need no Kubernetes, each against three real
+// The fault-matrix rows of docs/design.md that need no Kubernetes, each against three real
 // custom CoreDNS processes and the real healer in static mode with --dry-run.
 
 const verdictWithin = 20 * time.Second
 
-func isState(replica, to string) func(line) bool {
+func isState(replica string, to api.State) func(line) bool {
 	return func(l line) bool { return l.Event == "state" && l.Replica == replica && l.To == to }
 }
 
@@ -31,23 +32,23 @@ func expectDegradedAndDryRun(t *testing.T, c *cluster, mark int, victim string) 
 	t.Helper()
 	deg := c.audit.waitFrom(t, mark, verdictWithin, victim+" degraded", isState(victim, "degraded"))
 	if len(deg.Reasons) == 0 {
-		t.Errorf("degraded without reasons: %s", deg.raw)
+		t.Errorf("degraded without reasons: %s", deg.Raw)
 	}
 	rem := c.audit.waitFrom(t, mark, verdictWithin, victim+" dry-run remediation", func(l line) bool {
 		return l.Event == "remediation" && l.Replica == victim
 	})
 	if !rem.DryRun || rem.Result != "dry-run" || rem.Action == "" {
-		t.Errorf("want a dry-run remediation, got %s", rem.raw)
+		t.Errorf("want a dry-run remediation, got %s", rem.Raw)
 	}
 	for _, l := range c.audit.from(t, mark) {
 		if l.Event == "state" && l.To == "degraded" && l.Replica != victim {
-			t.Errorf("a healthy peer was judged degraded: %s", l.raw)
+			t.Errorf("a healthy peer was judged degraded: %s", l.Raw)
 		}
 		if l.Event == "remediation" && l.Replica != victim {
-			t.Errorf("remediation of a peer: %s", l.raw)
+			t.Errorf("remediation of a peer: %s", l.Raw)
 		}
 	}
-	t.Logf("verdict: %s", deg.raw)
+	t.Logf("verdict: %s", deg.Raw)
 	return deg
 }
 
@@ -56,10 +57,10 @@ func expectNoDegradedNoRemediation(t *testing.T, c *cluster, mark int) {
 	t.Helper()
 	for _, l := range c.audit.from(t, mark) {
 		if l.Event == "state" && l.To == "degraded" {
-			t.Errorf("degraded verdict: %s", l.raw)
+			t.Errorf("degraded verdict: %s", l.Raw)
 		}
 		if l.Event == "remediation" {
-			t.Errorf("remediation: %s", l.raw)
+			t.Errorf("remediation: %s", l.Raw)
 		}
 	}
 }
@@ -167,7 +168,7 @@ func holdUnderLoad(t *testing.T, c *cluster, victim string, qps int, gen func(in
 	expectNoDegradedNoRemediation(t, c, mark)
 	for _, l := range c.audit.from(t, mark) {
 		if l.Event == "state" && l.To == "global" {
-			t.Errorf("global verdict under load: %s", l.raw)
+			t.Errorf("global verdict under load: %s", l.Raw)
 		}
 	}
 }
@@ -208,7 +209,7 @@ func TestRemediateExecReplacesReplica(t *testing.T) {
 		return l.Event == "remediation" && l.Replica == "dns-b"
 	})
 	if rem.DryRun || rem.Action != "exec" || rem.Result != "success" || !strings.Contains(rem.Message, "restart.sh dns-b") {
-		t.Fatalf("want a successful exec of the script with dns-b, got %s", rem.raw)
+		t.Fatalf("want a successful exec of the script with dns-b, got %s", rem.Raw)
 	}
 	if b, err := os.ReadFile(ran); err != nil || strings.TrimSpace(string(b)) != "dns-b" {
 		t.Errorf("script ran for %q (%v), want dns-b once", b, err)

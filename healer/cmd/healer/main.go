@@ -1,5 +1,5 @@
 // Command healer watches every CoreDNS replica from outside (probes) and inside (the pulse
-// heartbeat) and replaces one that is degraded when that is safe. See DESIGN.md.
+// heartbeat) and replaces one that is degraded when that is safe. See docs/design.md.
 package main
 
 import (

@@ -1,0 +1,98 @@
+// Package detect fuses the two views of every replica, the healer's own probes (external)
+// and the replica's heartbeat (internal), into one state per replica, by the rules of
+// docs/design.md ("How the healer judges"): in short,
+//
+//   - degraded only when both views fail, or one view is gone and the other fails, and a
+//     healthy peer witnesses that the fault is this replica's alone (R1); an answer that
+//     differs from the majority (R2), or a freshness canary that stays behind (R3), is
+//     degraded on the external view alone;
+//   - every ready replica failing at once is global: restarting one cannot help (R4, R5);
+//   - anything less is suspect at most (R8).
+//
+// The Detector is pure logic: it is fed results and asked for a judgment at a given time,
+// so every rule is tested with a fake clock. It is not safe for concurrent use; the
+// engine calls it from one goroutine.
+//
+// Files: evidence.go takes results in, majority.go counts answers, external.go and
+// internal.go judge each view, peers.go compares a replica with its peers, evaluate.go
+// and judge.go apply the rules.
+package detect
+
+import (
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/internal/check"
+	"github.com/dnspulse/dnspulse/healer/internal/config"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
+)
+
+// Transition is one change of a replica's state.
+type Transition struct {
+	Replica string
+	From    api.State
+	To      api.State
+	Reasons []string
+	At      time.Time
+	// Since is when the evidence for To began (the first failing probe's send time, the
+	// first mismatch, ...), for the detection latency; zero when unknown.
+	Since time.Time
+}
+
+// Detector holds every replica's evidence and state.
+type Detector struct {
+	th       config.Thresholds
+	checks   []check.Check
+	replicas map[string]*evidence
+	majority map[int]*majorityCache
+	global   globalEpisode
+	// scratch is reused by Evaluate so that judging allocates only for reasons; it is
+	// valid only during one call of Evaluate.
+	scratch evaluation
+}
+
+// New makes a detector for the given checks (indexed as probe.Result.Check).
+func New(th config.Thresholds, checks []check.Check) *Detector {
+	return &Detector{th: th, checks: checks, replicas: make(map[string]*evidence), majority: map[int]*majorityCache{}}
+}
+
+// SetTargets replaces the set of replicas; the evidence of those that stay is kept.
+func (d *Detector) SetTargets(targets []replica.Target) {
+	seen := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		seen[t.Name] = true
+		r, ok := d.replicas[t.Name]
+		if !ok {
+			r = newEvidence(api.Unknown)
+			d.replicas[t.Name] = r
+		} else if r.target.DNSAddr != t.DNSAddr || r.target.PulseAddr != t.PulseAddr || t.Ready && !r.target.Ready {
+			// R11: a new address is a new process (a replacement pod), and a replica that
+			// just became Ready has finished starting: what it did before proves nothing
+			// about it now, so start afresh rather than act on a judgment of its start-up.
+			*r = *newEvidence(r.state)
+		}
+		r.target = t
+	}
+	for name := range d.replicas {
+		if !seen[name] {
+			delete(d.replicas, name)
+		}
+	}
+}
+
+// State returns a replica's current state (Unknown for one not known).
+func (d *Detector) State(name string) api.State {
+	if r, ok := d.replicas[name]; ok {
+		return r.state
+	}
+	return api.Unknown
+}
+
+// States returns every replica's state.
+func (d *Detector) States() map[string]api.State {
+	out := make(map[string]api.State, len(d.replicas))
+	for n, r := range d.replicas {
+		out[n] = r.state
+	}
+	return out
+}

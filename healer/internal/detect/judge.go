@@ -1,0 +1,84 @@
+package detect
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+)
+
+// judge applies the per-replica rules to replica i when the failure is not global. It
+// changes nothing; learn says whether the replica's probe latency may feed its own
+// baseline (it was judged on the ordinary path and is not an outlier of itself).
+func (d *Detector) judge(ev *evaluation, i int) (to api.State, reasons []string, since time.Time, learn bool) {
+	r := ev.replicas[i]
+	to, reasons, since, learn = d.judgeReady(ev, i)
+	// R7: a replica that is not Ready (starting, terminating) is suspect at most: it is
+	// not meant to serve, and a degraded state about it would outlive its start-up.
+	if !r.target.Ready && to == api.Degraded {
+		return api.Suspect, append([]string{"not Ready"}, reasons...), since, learn
+	}
+	return to, reasons, since, learn
+}
+
+func (d *Detector) judgeReady(ev *evaluation, i int) (api.State, []string, time.Time, bool) {
+	r, e, name, now := ev.replicas[i], &ev.ext[i], ev.names[i], ev.now
+	in := d.judgeInternal(r, &ev.peers)
+	if !e.known && !in.known {
+		return api.Unknown, nil, time.Time{}, false
+	}
+
+	// R2: stale data: the answer differs from the majority, persistently.
+	if m := r.mismatches(); m >= d.th.AnswerMismatches && now.Sub(r.mismatchSince) >= d.th.AnswerGrace.D() {
+		return api.Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.mismatchWhy, m)}, r.mismatchSince, false
+	}
+	// R3: lost apiserver watch: the canary stays behind while a peer is fresh.
+	if r.canaryMiss >= d.th.CanaryMisses && ev.peers.canaryOK.latestExcept(name).After(r.canaryMissSince) {
+		return api.Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.canaryWhy, r.canaryMiss)}, r.canaryMissSince, false
+	}
+	// R1: both views fail (or the internal one is gone), and a peer witnesses that the
+	// fault is this replica's alone; R5: not while a global failure is settling.
+	if e.failing && (in.failing || in.gone) && !now.Before(d.global.ended.Add(d.th.GlobalSettle.D())) && ev.witness(i, e.since) {
+		reasons := append(append([]string{}, e.reasons...), in.reasons...)
+		return api.Degraded, reasons, e.since, false
+	}
+	// R6: once degraded, a replica stays so until its probes have recovered: no flapping
+	// between degraded and suspect while the evidence thins out.
+	if r.state == api.Degraded && (!e.recovered || in.failing) {
+		reasons := append(append([]string{"not yet recovered"}, e.reasons...), in.reasons...)
+		return api.Degraded, reasons, e.since, false
+	}
+
+	// R8: any single signal is a suspicion, never degraded on its own.
+	var suspect []string
+	suspect = append(suspect, e.reasons...)
+	if e.anyFail && !e.failing {
+		suspect = append(suspect, "recent probe failures")
+	}
+	if in.failing || in.gone && r.target.PulseAddr != "" {
+		suspect = append(suspect, in.reasons...)
+	}
+	suspect = append(suspect, in.suspect...)
+	if r.mismatches() > 0 {
+		suspect = append(suspect, r.mismatchWhy)
+	}
+	if r.canaryMiss > 0 {
+		suspect = append(suspect, r.canaryWhy)
+	}
+	// Latency against the replica's own baseline: a hint, never degraded on its own.
+	learn := false
+	if e.latency > 0 {
+		if own := r.ownLatency.Value(); own > 0 && d.outlier(e.latency, own) {
+			suspect = append(suspect, fmt.Sprintf("probe latency %s above own baseline %s", e.latency.Round(time.Millisecond), own.Round(time.Millisecond)))
+		} else {
+			learn = true
+		}
+	}
+	if len(suspect) > 0 {
+		return api.Suspect, suspect, e.since, learn
+	}
+	if !e.known {
+		return api.Unknown, nil, time.Time{}, learn
+	}
+	return api.Healthy, nil, time.Time{}, learn
+}

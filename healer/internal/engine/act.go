@@ -1,0 +1,176 @@
+package engine
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
+)
+
+// boostFor is how long a suspect replica is probed and read faster.
+const boostFor = 500 * time.Millisecond
+
+type outcome struct {
+	name   string
+	target replica.Target
+	out    replica.Outcome
+	dryRun bool
+}
+
+// evaluate judges every replica, records and announces the changes, then remediates.
+func (e *Engine) evaluate(ctx context.Context, now time.Time) {
+	for _, tr := range e.det.Evaluate(now) {
+		var detection time.Duration
+		if (tr.To == api.Degraded || tr.To == api.Global) && !tr.Since.IsZero() {
+			detection = tr.At.Sub(tr.Since)
+			if tr.To == api.Degraded {
+				e.cfg.Metrics.DetectionLatency.Observe(detection.Seconds())
+			}
+		}
+		e.cfg.Audit.StateChange(tr.At, tr.Replica, tr.From, tr.To, tr.Reasons, detection)
+		e.cfg.Metrics.Transitions.WithLabelValues(string(tr.From), string(tr.To)).Inc()
+		e.cfg.Metrics.SetState(tr.Replica, tr.To)
+		e.log.Info("replica state", "replica", tr.Replica, "from", tr.From, "to", tr.To, "reasons", tr.Reasons)
+		r := e.replicas[tr.Replica]
+		if r == nil {
+			continue
+		}
+		if (tr.To == api.Suspect || tr.To == api.Degraded) && e.mayBoost(r, tr.At) {
+			// Sharper evidence, sooner: confirm or clear the suspicion at 4x the rate.
+			e.probes.Boost(tr.Replica, boostFor)
+			e.reads.Boost(tr.Replica, boostFor)
+		}
+		switch tr.To {
+		case api.Degraded:
+			r.reasons, r.degradedSince = tr.Reasons, tr.At
+			e.mode.Notifier.Notify(r.target, api.ReasonReplicaDegraded, strings.Join(tr.Reasons, "; "))
+		case api.Global:
+			e.mode.Notifier.Notify(r.target, api.ReasonGlobalDNSFailure, strings.Join(tr.Reasons, "; "))
+		}
+		if tr.From == api.Degraded {
+			r.degradedSince, r.reasons, r.refused = time.Time{}, nil, ""
+			r.guard.forget()
+		}
+	}
+	e.global()
+	e.remediate(ctx, now)
+}
+
+// mayBoost bounds the replicas probed faster at once (a tenth of them, at least two), so
+// that a noisy fleet cannot multiply the healer's load (and its own noise) by four.
+func (e *Engine) mayBoost(r *replicaState, now time.Time) bool {
+	active := 0
+	for _, p := range e.order {
+		if p != r && now.Before(p.boostedUntil) {
+			active++
+		}
+	}
+	if active >= max(2, len(e.order)/10) {
+		return false
+	}
+	r.boostedUntil = now.Add(boostFor)
+	return true
+}
+
+// global writes one "global" line when every replica starts failing together, and one
+// when that ends: the alert, since no replica is evicted for it (R4).
+func (e *Engine) global() {
+	var set []string
+	for _, r := range e.order {
+		if e.det.State(r.target.Name) == api.Global {
+			set = append(set, r.target.Name)
+		}
+	}
+	if slices.Equal(set, e.globalSet) {
+		return
+	}
+	if len(set) > 0 && len(e.globalSet) == 0 {
+		e.cfg.Audit.GlobalChange(true, set, []string{"every ready replica failing at once: alert only, no remediation"})
+		e.log.Warn("global DNS failure: every replica failing; no remediation", "replicas", set)
+	} else if len(set) == 0 {
+		e.cfg.Audit.GlobalChange(false, e.globalSet, []string{"global failure over"})
+	}
+	e.globalSet = set
+}
+
+// fleetNow summarises the fleet for the guards.
+func (e *Engine) fleetNow() fleet {
+	var f fleet
+	for _, r := range e.order {
+		if !r.target.Ready {
+			continue
+		}
+		switch e.det.State(r.target.Name) {
+		case api.Degraded:
+			f.degradedReady++
+		case api.Healthy:
+			f.healthyReady++
+		}
+	}
+	return f
+}
+
+// remediate acts on at most one degraded replica, if the guards allow (G11: a follower
+// judges, and logs its judgments, but never acts).
+func (e *Engine) remediate(ctx context.Context, now time.Time) {
+	if e.mode.Leader != nil && !e.mode.Leader.IsLeader() {
+		return
+	}
+	var f fleet
+	counted := false
+	for _, r := range e.order {
+		if e.det.State(r.target.Name) != api.Degraded {
+			continue
+		}
+		if !counted {
+			f, counted = e.fleetNow(), true
+		}
+		d := e.guards.check(now, candidate{target: r.target, degradedSince: r.degradedSince, readySince: r.readyAt, g: &r.guard}, f)
+		if d.wait {
+			continue
+		}
+		if !d.act {
+			if r.refused != d.guard {
+				r.refused = d.guard
+				e.cfg.Audit.Remediated(r.target.Name, api.ActionNone, e.cfg.Guards.DryRun, api.ResultRefused, d.why)
+				e.cfg.Metrics.Remediations.WithLabelValues(string(api.ActionNone), string(api.ResultRefused)).Inc()
+				e.mode.Notifier.Notify(r.target, api.ReasonRemediationSkipped, d.why)
+			}
+			continue
+		}
+		e.guards.start(r.target.Name)
+		t, reasons, dryRun := r.target, slices.Clone(r.reasons), e.cfg.Guards.DryRun
+		if len(reasons) == 0 {
+			reasons = []string{"degraded"}
+		}
+		go func() {
+			o := e.mode.Remediator.Remediate(ctx, t, reasons, dryRun)
+			select {
+			case e.outcomes <- outcome{name: t.Name, target: t, out: o, dryRun: dryRun}:
+			case <-ctx.Done():
+			}
+		}()
+		return // G5: one remediation in flight
+	}
+}
+
+// finish records a remediation's outcome.
+func (e *Engine) finish(o outcome) {
+	now := e.now()
+	var rg replicaGuard // a replica gone meanwhile: its guard state goes with it
+	if r := e.replicas[o.name]; r != nil {
+		e.guards.done(now, &r.guard, o.out)
+	} else {
+		e.guards.done(now, &rg, o.out)
+	}
+	action := o.out.Action
+	if action == "" {
+		action = api.ActionNone
+	}
+	e.cfg.Audit.Remediated(o.name, action, o.dryRun, o.out.Result, o.out.Message)
+	e.cfg.Metrics.Remediations.WithLabelValues(string(action), string(o.out.Result)).Inc()
+	e.log.Info("remediation", "replica", o.name, "action", action, "dryRun", o.dryRun, "result", o.out.Result, "message", o.out.Message)
+}

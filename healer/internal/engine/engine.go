@@ -1,0 +1,256 @@
+// Package engine wires the healer's data flow: discovery -> probes (external view) and
+// heartbeat reader (internal view) -> detector -> guards -> remediator and notifier, with
+// every decision in the audit log and the metrics. It knows modes (static, Kubernetes)
+// only through the interfaces of package replica.
+//
+// Files: engine.go is the loop, replicas.go what the engine keeps per replica and how it
+// follows discovery, act.go what it does with judgments, guards.go whether an action is
+// safe.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/audit"
+	"github.com/dnspulse/dnspulse/healer/internal/check"
+	"github.com/dnspulse/dnspulse/healer/internal/config"
+	"github.com/dnspulse/dnspulse/healer/internal/detect"
+	"github.com/dnspulse/dnspulse/healer/internal/hbreader"
+	"github.com/dnspulse/dnspulse/healer/internal/metrics"
+	"github.com/dnspulse/dnspulse/healer/internal/probe"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
+)
+
+// LeaderGate says whether this healer may act (Kubernetes leader election).
+type LeaderGate interface {
+	IsLeader() bool
+}
+
+// Mode is what a mode plugs into the engine. Kubernetes mode builds it from kube.New;
+// static mode from package static.
+type Mode struct {
+	Name       string
+	Discovery  replica.Discovery
+	Remediator replica.Remediator
+	Notifier   replica.Notifier
+	// Freshness is the canary, nil when there is none.
+	Freshness replica.FreshnessSource
+	// Leader is nil when this healer always acts (static mode).
+	Leader LeaderGate
+	// Run, when set, runs the mode's own background work (informers, leader election,
+	// canary rotation) until ctx ends; an error stops the healer.
+	Run func(ctx context.Context) error
+}
+
+// Config is what the engine is handed: the configuration's sections and its outputs.
+type Config struct {
+	Checks     []check.Check
+	Probe      config.Probe
+	Heartbeat  config.Heartbeat
+	Thresholds config.Thresholds
+	Guards     config.Guards
+	Audit      *audit.Log
+	Metrics    *metrics.Metrics
+	Server     *metrics.Server // may be nil
+	Logger     *slog.Logger
+	Now        func() time.Time
+	SyncEvery  time.Duration // how often the discovered set is re-read (default 250ms)
+}
+
+// Engine runs the healer.
+type Engine struct {
+	cfg  Config
+	mode Mode
+	log  *slog.Logger
+	now  func() time.Time
+
+	det    *detect.Detector
+	probes *probe.Pool
+	reads  *hbreader.Pool
+	guards *guards
+
+	replicas  map[string]*replicaState
+	order     []*replicaState // by name, as discovery lists them
+	globalSet []string
+
+	outcomes chan outcome
+	probeCh  chan probe.Result
+	readCh   chan hbreader.Result
+}
+
+// SkippedProbes counts probes not sent because of the qps cap or the in-flight bound.
+func (e *Engine) SkippedProbes() uint64 {
+	if e == nil {
+		return 0
+	}
+	return e.probes.Skipped.Load()
+}
+
+// New checks the mode and builds the engine.
+func New(cfg Config, mode Mode) (*Engine, error) {
+	if mode.Discovery == nil || mode.Remediator == nil {
+		return nil, errors.New("engine: mode without discovery or remediator")
+	}
+	if mode.Notifier == nil {
+		mode.Notifier = nopNotifier{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SyncEvery <= 0 {
+		cfg.SyncEvery = 250 * time.Millisecond
+	}
+	probeCh := make(chan probe.Result, 1024)
+	readCh := make(chan hbreader.Result, 256)
+	probes := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness, probeCh)
+	return &Engine{
+		cfg: cfg, mode: mode, log: cfg.Logger, now: cfg.Now,
+		probeCh: probeCh, readCh: readCh, probes: probes,
+		reads:    hbreader.NewPool(cfg.Heartbeat, readCh),
+		det:      detect.New(cfg.Thresholds, probes.Checks()),
+		guards:   newGuards(cfg.Guards),
+		replicas: map[string]*replicaState{},
+		outcomes: make(chan outcome, 1),
+	}, nil
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Notify(replica.Target, api.Reason, string) {}
+
+// minEvalGap bounds how often the detector judges every replica: results arriving
+// closer together are judged together (it costs at most this much detection latency).
+const minEvalGap = 4 * time.Millisecond
+
+// Run runs until ctx ends. It returns an error only when something cannot start or the
+// mode fails.
+func (e *Engine) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	if e.mode.Run != nil {
+		go func() {
+			if err := e.mode.Run(ctx); err != nil {
+				errc <- fmt.Errorf("%s mode: %w", e.mode.Name, err)
+			}
+		}()
+	}
+	if e.cfg.Server != nil {
+		go func() {
+			if err := e.cfg.Server.Serve(ctx); err != nil {
+				errc <- fmt.Errorf("--metrics-addr: %w", err)
+			}
+		}()
+	}
+	ready := make(chan struct{})
+	go func() {
+		if err := e.mode.Discovery.Run(ctx, ready); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("discovery: %w", err)
+		}
+	}()
+	select {
+	case <-ready:
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+	if e.cfg.Server != nil {
+		e.cfg.Server.Ready.Store(true)
+	}
+
+	e.cfg.Audit.Info(audit.EventStart, "healer started", map[string]any{
+		"mode": e.mode.Name, "dryRun": e.cfg.Guards.DryRun, "checks": checkNames(e.probes.Checks()),
+	})
+	e.sync(ctx)
+
+	syncTicker := time.NewTicker(e.cfg.SyncEvery)
+	defer syncTicker.Stop()
+	// A steady evaluation also judges replicas whose results stopped coming.
+	evalTicker := time.NewTicker(max(e.cfg.Probe.Interval.D(), 10*time.Millisecond))
+	defer evalTicker.Stop()
+	evalTimer := time.NewTimer(time.Hour)
+	evalTimer.Stop()
+	timerArmed := false
+	var lastEval time.Time
+	evaluate := func() {
+		lastEval = e.now()
+		e.evaluate(ctx, lastEval)
+	}
+	soon := func() {
+		if since := e.now().Sub(lastEval); since >= minEvalGap {
+			evaluate()
+		} else if !timerArmed {
+			evalTimer.Reset(minEvalGap - since)
+			timerArmed = true
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			e.cfg.Audit.Info(audit.EventStop, "healer stopping", nil)
+			return nil
+		case err := <-errc:
+			return err
+		case r := <-e.probeCh:
+			e.observeProbe(r)
+			soon()
+		case r := <-e.readCh:
+			e.observeHeartbeat(r)
+			soon()
+		case <-evalTimer.C:
+			timerArmed = false
+			evaluate()
+		case <-evalTicker.C:
+			evaluate()
+		case <-syncTicker.C:
+			e.sync(ctx)
+		case o := <-e.outcomes:
+			e.finish(o)
+		}
+	}
+}
+
+func checkNames(cs []check.Check) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.String()
+	}
+	return out
+}
+
+func (e *Engine) observeProbe(r probe.Result) {
+	m := e.cfg.Metrics
+	result := "ok"
+	switch {
+	case r.Late:
+		result = "late"
+	case r.Timeout:
+		result = "timeout"
+	case r.Err != nil:
+		result = "error"
+	case r.Failure != "":
+		result = "failure"
+	}
+	m.Probes.WithLabelValues(r.Replica, result).Inc()
+	if r.Err == nil {
+		m.ProbeLatency.WithLabelValues(r.Replica).Observe(r.Latency.Seconds())
+	}
+	e.det.ObserveProbe(r)
+}
+
+func (e *Engine) observeHeartbeat(r hbreader.Result) {
+	e.cfg.Metrics.Pulses.WithLabelValues(r.Replica, r.Kind.String()).Inc()
+	if r.Kind == hbreader.Invalid {
+		e.cfg.Metrics.HeartbeatInvalid.WithLabelValues(r.Replica).Inc()
+	}
+	e.det.ObserveHeartbeat(r)
+}

@@ -1,0 +1,88 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/audit"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
+)
+
+// replicaState is everything the engine keeps about one replica, forgotten in one piece
+// when the replica is gone. (Its evidence and state are the detector's.)
+type replicaState struct {
+	target replica.Target
+	// readyAt is when the replica was first seen Ready here (G3): a readiness flap later
+	// does not make it fresh again.
+	readyAt time.Time
+	// degradedSince and reasons are those of the current degraded episode (zero: none).
+	degradedSince time.Time
+	reasons       []string
+	// refused is the guard whose refusal is already recorded in this episode.
+	refused guard
+	// boostedUntil: the replica is probed and read faster until then.
+	boostedUntil time.Time
+	guard        replicaGuard
+}
+
+// sync re-reads the discovered replicas and follows their changes.
+func (e *Engine) sync(ctx context.Context) {
+	ts := e.mode.Discovery.Targets()
+	if slices.EqualFunc(ts, e.order, func(t replica.Target, r *replicaState) bool { return t == r.target }) {
+		return
+	}
+	now := e.now()
+	seen := make(map[string]bool, len(ts))
+	order := make([]*replicaState, 0, len(ts))
+	for _, t := range ts {
+		seen[t.Name] = true
+		r, ok := e.replicas[t.Name]
+		if !ok {
+			r = &replicaState{}
+			e.replicas[t.Name] = r
+			e.cfg.Audit.Info(audit.EventReplica, t.Name, map[string]any{
+				"replica": t.Name, "dns": t.DNSAddr, "pulse": t.PulseAddr, "ready": t.Ready, "remediable": t.Remediable, "why": t.Why,
+			})
+			e.cfg.Metrics.SetState(t.Name, api.Unknown)
+		}
+		if r.readyAt.IsZero() && t.Ready {
+			r.readyAt = now
+		}
+		r.target = t
+		order = append(order, r)
+	}
+	for name := range e.replicas {
+		if !seen[name] {
+			delete(e.replicas, name)
+			e.cfg.Metrics.Forget(name)
+			e.cfg.Audit.Info(audit.EventReplicaGone, name, map[string]any{"replica": name})
+		}
+	}
+	e.order = order
+	e.det.SetTargets(ts)
+	e.probes.Sync(ctx, ts)
+	e.reads.Sync(ctx, ts)
+	e.warnProbeBudget(len(ts))
+}
+
+// warnProbeBudget says so when the schedule asks for more probes than --max-probe-qps
+// allows: the cap skips probes rather than delaying them, so every replica is then probed
+// less often than --probe-interval.
+func (e *Engine) warnProbeBudget(n int) {
+	pc := e.cfg.Probe
+	checks := len(e.probes.Checks())
+	if pc.Interval <= 0 || pc.MaxQPS <= 0 {
+		return
+	}
+	want := float64(n*checks) / pc.Interval.D().Seconds()
+	if want <= float64(pc.MaxQPS) {
+		return
+	}
+	msg := fmt.Sprintf("%d replicas x %d checks every %s want %.0f probes/s, above --max-probe-qps %d: probes will be skipped",
+		n, checks, pc.Interval.D(), want, pc.MaxQPS)
+	e.log.Warn(msg)
+	e.cfg.Audit.Info(audit.EventProbeQPSCap, msg, nil)
+}

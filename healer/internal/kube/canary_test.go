@@ -1,0 +1,196 @@
+package kube
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+func canaryHarness(t *testing.T, objs ...runtime.Object) (*harness, *canary) {
+	cfg := baseConfig()
+	cfg.Canary.Enabled = true
+	h := newHarness(t, cfg, objs...)
+	c, ok := h.m.Freshness().(*canary)
+	if !ok {
+		t.Fatalf("Freshness() = %T, want *canary", h.m.Freshness())
+	}
+	return h, c
+}
+
+func (h *harness) canaryValue() string {
+	h.t.Helper()
+	svc, err := h.client.CoreV1().Services("dnspulse").Get(h.ctx, "dnspulse-canary", metav1.GetOptions{})
+	if err != nil {
+		h.t.Fatalf("reading the canary service: %v", err)
+	}
+	return svc.Spec.ExternalName
+}
+
+func TestCanaryQuestion(t *testing.T) {
+	_, c := canaryHarness(t)
+	if got, want := c.Question(), "dnspulse-canary.dnspulse.svc.cluster.local."; got != want {
+		t.Fatalf("Question() = %q, want %q", got, want)
+	}
+	cfg := baseConfig()
+	h := newHarness(t, cfg)
+	if h.m.Freshness() != nil {
+		t.Fatal("Freshness() must be nil with the canary off")
+	}
+}
+
+func TestCanaryAcceptWithinMaxLag(t *testing.T) {
+	h, c := canaryHarness(t)
+	if ok, why := c.Accept("anything.", h.clock.Now()); !ok {
+		t.Fatalf("before any value is confirmed every answer must pass, got %q", why)
+	}
+	c.step(h.ctx) // creates the Service
+	v1 := h.canaryValue()
+	if !strings.HasPrefix(v1, "1-") || !strings.HasSuffix(v1, "."+CanaryDomain) {
+		t.Fatalf("first value %q, want 1-<random>.%s", v1, CanaryDomain)
+	}
+	if ok, why := c.Accept(strings.ToUpper(v1)+".", h.clock.Now()); !ok {
+		t.Fatalf("current value (any case, trailing dot) rejected: %s", why)
+	}
+
+	h.clock.Step(5 * time.Second)
+	c.step(h.ctx) // rotates
+	v2 := h.canaryValue()
+	if v2 == v1 || !strings.HasPrefix(v2, "2-") {
+		t.Fatalf("second value %q after %q", v2, v1)
+	}
+	replaced := h.clock.Now()
+	if ok, why := c.Accept(v1+".", replaced.Add(2999*time.Millisecond)); !ok {
+		t.Fatalf("previous value within max lag rejected: %s", why)
+	}
+	ok, why := c.Accept(v1+".", replaced.Add(3*time.Second))
+	if ok || !strings.Contains(why, "stale") {
+		t.Fatalf("previous value at max lag accepted (ok=%v, why=%q)", ok, why)
+	}
+	if ok, _ := c.Accept(v2, replaced.Add(time.Hour)); !ok {
+		t.Fatal("the current value must stay fresh however long it lasts")
+	}
+	if ok, _ := c.Accept("0-abc."+CanaryDomain, replaced); ok {
+		t.Fatal("an older unknown value was accepted")
+	}
+	if ok, _ := c.Accept("", replaced); ok {
+		t.Fatal("an empty answer was accepted")
+	}
+	if ok, why := c.Accept("9-abc."+CanaryDomain, replaced); !ok {
+		t.Fatalf("a newer value (another leader's) was rejected: %s", why)
+	}
+}
+
+// The API failing must hold the clock: the value the replicas have stays current.
+func TestCanaryUpdateFailureHoldsTheClock(t *testing.T) {
+	h, c := canaryHarness(t)
+	c.step(h.ctx)
+	v1 := h.canaryValue()
+	h.client.PrependReactor("update", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	for range 5 {
+		h.clock.Step(5 * time.Second)
+		c.step(h.ctx)
+	}
+	if got := h.canaryValue(); got != v1 {
+		t.Fatalf("service changed to %q despite failing updates", got)
+	}
+	if ok, why := c.Accept(v1, h.clock.Now().Add(time.Minute)); !ok {
+		t.Fatalf("with the API down the last confirmed value must stay fresh: %s", why)
+	}
+	h.mu.Lock()
+	n := 0
+	for _, a := range h.audits {
+		if a["event"] == "canary" {
+			n++
+		}
+	}
+	h.mu.Unlock()
+	if n != 5 {
+		t.Errorf("%d canary audit lines, want one per failed update (5)", n)
+	}
+}
+
+// A write whose outcome is unknown may have landed: its value is not stale; it is retried
+// as is, and the value it replaces gets its lag clock only from the confirmation.
+func TestCanaryUnconfirmedWrite(t *testing.T) {
+	h, c := canaryHarness(t)
+	c.step(h.ctx)
+	v1 := h.canaryValue()
+	var lost string
+	h.client.PrependReactor("update", "services", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		lost = a.(k8stesting.UpdateAction).GetObject().(*corev1.Service).Spec.ExternalName
+		return true, nil, errors.New("http2: client connection lost")
+	})
+	h.clock.Step(5 * time.Second)
+	c.step(h.ctx)
+	if ok, why := c.Accept(lost, h.clock.Now()); !ok {
+		t.Fatalf("value of an unconfirmed write rejected: %s", why)
+	}
+	// A second unknown outcome retries the same value: an outage leaves one pending value.
+	h.clock.Step(5 * time.Second)
+	first := lost
+	c.step(h.ctx)
+	if lost != first {
+		t.Fatalf("retried with a new value %q instead of %q", lost, first)
+	}
+	h.client.ReactionChain = h.client.ReactionChain[1:]
+	h.clock.Step(5 * time.Second)
+	c.step(h.ctx)
+	confirmed := h.clock.Now()
+	if v := h.canaryValue(); v != lost {
+		t.Fatalf("after the API came back it wrote %q, want the pending %q", v, lost)
+	}
+	if ok, _ := c.Accept(v1, confirmed.Add(time.Second)); !ok {
+		t.Errorf("%s rejected within max lag of the confirmation", v1)
+	}
+	if ok, _ := c.Accept(v1, confirmed.Add(4*time.Second)); ok {
+		t.Errorf("%s accepted beyond max lag of the confirmation", v1)
+	}
+	if ok, _ := c.Accept(lost, confirmed.Add(time.Hour)); !ok {
+		t.Error("current value rejected")
+	}
+}
+
+func TestCanaryRefusesForeignService(t *testing.T) {
+	foreign := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "dnspulse-canary", Namespace: "dnspulse"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.50"}}
+	h, c := canaryHarness(t, foreign)
+	c.step(h.ctx)
+	c.step(h.ctx)
+	for _, w := range h.writes() {
+		t.Errorf("wrote %s to a Service it does not own", w)
+	}
+	if ok, _ := c.Accept("whatever", h.clock.Now()); !ok {
+		t.Error("without a canary value no replica may be judged stale")
+	}
+}
+
+// An existing canary Service (a previous leader's) is adopted, and its counter continues.
+func TestCanaryAdoptsExistingValue(t *testing.T) {
+	old := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "dnspulse-canary", Namespace: "dnspulse"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "41-aaaaaa." + CanaryDomain}}
+	h, c := canaryHarness(t, old)
+	c.step(h.ctx)
+	adopted := h.clock.Now()
+	if ok, why := c.Accept("41-aaaaaa."+CanaryDomain+".", adopted); !ok {
+		t.Fatalf("adopted value rejected: %s", why)
+	}
+	// 40 may have been replaced by the previous leader a moment before: not stale yet.
+	if ok, why := c.Accept("40-bbbbbb."+CanaryDomain, adopted.Add(2*time.Second)); !ok {
+		t.Fatalf("previous leader's value rejected within max lag of adoption: %s", why)
+	}
+	if ok, _ := c.Accept("40-bbbbbb."+CanaryDomain, adopted.Add(3*time.Second)); ok {
+		t.Fatal("previous leader's value accepted beyond max lag of adoption")
+	}
+	c.step(h.ctx)
+	if v := h.canaryValue(); !strings.HasPrefix(v, "42-") {
+		t.Fatalf("next value %q, want counter 42", v)
+	}
+}

@@ -1,0 +1,285 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
+)
+
+const (
+	// blockedBackoffBase and blockedBackoffMax bound the wait after a PDB refusal that
+	// carries no Retry-After.
+	blockedBackoffBase = 10 * time.Second
+	blockedBackoffMax  = 5 * time.Minute
+)
+
+// remediator evicts one pod at a time. The engine applies the mode-independent guards;
+// this applies what only Kubernetes knows: leadership (G11, re-checked here), that the pod
+// is still the one the engine judged, ownership, and the PodDisruptionBudget (through the
+// Eviction API).
+type remediator struct {
+	client        kubernetes.Interface
+	pods          *podLister
+	namespace     string
+	leader        *leadership
+	leaseRef      string // the leader Lease, for messages
+	identity      string
+	readinessGate bool
+	allowDelete   bool
+	gate          *gatePatcher
+	notifier      *notifier
+	replacements  *replacements
+	// baseCtx outlives single remediations: replacement watches run on it.
+	baseCtx context.Context
+	log     *slog.Logger
+	blocked *backoff
+}
+
+func (r *remediator) Remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {
+	out := r.remediate(ctx, t, reasons, dryRun)
+	r.log.Info("remediation", "pod", r.namespace+"/"+t.Name, "action", out.Action, "result", out.Result,
+		"dryRun", dryRun, "message", out.Message, "retryAfter", out.RetryAfter)
+	return out
+}
+
+func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {
+	ref := r.namespace + "/" + t.Name
+	if !r.leader.IsLeader() {
+		return replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused,
+			Message: fmt.Sprintf("not the leader (identity %s): only the leader of lease %s acts", r.identity, r.leaseRef)}
+	}
+	pod, refusal := r.recheck(ctx, t)
+	if refusal != nil {
+		return *refusal
+	}
+	owner := metav1.GetControllerOf(pod)
+	why := strings.Join(reasons, "; ")
+	if dryRun {
+		steps := "evict"
+		if r.readinessGate {
+			steps = "set condition " + api.ConditionServing + "=False, then evict"
+		}
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultDryRun,
+			Message: fmt.Sprintf("would %s pod %s (uid %s, controlled by %s %s): %s; %s",
+				steps, ref, pod.UID, owner.Kind, owner.Name, why, r.serverDryRun(ctx, pod))}
+	}
+
+	var notes []string
+	gateSet := false
+	if r.readinessGate {
+		if err := r.gate.set(ctx, pod, corev1.ConditionFalse, "DNSReplicaDegraded", "dnspulse: "+why); err != nil {
+			// Draining first is a courtesy; the eviction still ends the pod gracefully.
+			notes = append(notes, fmt.Sprintf("setting condition %s=False on pod %s failed: %v", api.ConditionServing, ref, err))
+			r.notifier.event(pod, api.ReasonReadinessGateFailed, notes[len(notes)-1])
+		} else {
+			gateSet = true
+			notes = append(notes, fmt.Sprintf("condition %s=False set", api.ConditionServing))
+			r.notifier.event(pod, api.ReasonReadinessGateSet,
+				fmt.Sprintf("dnspulse set %s=False so that traffic leaves before eviction: %s", api.ConditionServing, why))
+		}
+	}
+
+	existing := r.pods.ownedBy(owner.UID)
+	out := r.evictAndReport(ctx, pod, owner, existing, notes, why)
+	if gateSet && out.Result != api.ResultSuccess {
+		// The pod stays: it must not stay drained because of an eviction that did not happen.
+		// The next attempt drains it again.
+		if err := r.gate.set(ctx, pod, corev1.ConditionTrue, "EvictionNotDone", "dnspulse: eviction "+string(out.Result)+"; serving again until the next attempt"); err != nil {
+			out.Message += fmt.Sprintf("; restoring condition %s=True failed: %v", api.ConditionServing, err)
+		} else {
+			out.Message += fmt.Sprintf("; condition %s=True restored", api.ConditionServing)
+		}
+	}
+	return out
+}
+
+func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string) replica.Outcome {
+	ref := pod.Namespace + "/" + pod.Name
+	err := r.evict(ctx, pod, false)
+	switch {
+	case err == nil:
+		r.blocked.reset(pod.UID)
+		r.replacements.watch(r.baseCtx, pod, owner, existing)
+		msg := joinNotes(append(notes, fmt.Sprintf("evicted pod %s (uid %s) through the Eviction API; watching for a Ready replacement from %s %s", ref, pod.UID, owner.Kind, owner.Name)))
+		r.notifier.event(pod, api.ReasonEvicted, "dnspulse evicted this degraded DNS replica: "+why)
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultSuccess, Message: msg}
+
+	case apierrors.IsTooManyRequests(err):
+		wait := r.blocked.next(pod.UID, err)
+		msg := joinNotes(append(notes, fmt.Sprintf("eviction of pod %s refused by a PodDisruptionBudget (429): %v; retry in %v", ref, err, wait)))
+		r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultBlocked, Message: msg, RetryAfter: wait}
+
+	case apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err):
+		return r.evictionUnavailable(ctx, pod, notes, err, why)
+
+	case apierrors.IsConflict(err):
+		msg := joinNotes(append(notes, fmt.Sprintf("pod %s changed before the eviction (uid precondition %s failed): %v", ref, pod.UID, err)))
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultRefused, Message: msg}
+
+	default:
+		msg := joinNotes(append(notes, fmt.Sprintf("evicting pod %s: %v", ref, err)))
+		r.notifier.event(pod, api.ReasonEvictionFailed, msg)
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultError, Message: msg}
+	}
+}
+
+// recheck re-reads the pod from the API: between the judgment and now it may have gone,
+// been replaced under the same name, or started terminating.
+func (r *remediator) recheck(ctx context.Context, t replica.Target) (*corev1.Pod, *replica.Outcome) {
+	ref := r.namespace + "/" + t.Name
+	refuse := func(format string, args ...any) (*corev1.Pod, *replica.Outcome) {
+		return nil, &replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused, Message: fmt.Sprintf(format, args...)}
+	}
+	pod, err := r.client.CoreV1().Pods(r.namespace).Get(ctx, t.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return refuse("pod %s is gone", ref)
+	}
+	if err != nil {
+		return nil, &replica.Outcome{Action: api.ActionNone, Result: api.ResultError, Message: fmt.Sprintf("reading pod %s: %v", ref, err)}
+	}
+	if cached := r.pods.get(t.Name); cached != nil {
+		if cached.UID != pod.UID {
+			return refuse("pod %s was replaced (judged uid %s, now uid %s)", ref, cached.UID, pod.UID)
+		}
+		if cached.Status.Phase != pod.Status.Phase {
+			return refuse("pod %s changed phase from %s to %s since it was judged", ref, cached.Status.Phase, pod.Status.Phase)
+		}
+	}
+	if host, _, err := net.SplitHostPort(t.DNSAddr); err == nil && host != pod.Status.PodIP {
+		return refuse("pod %s now has IP %q, not the judged %s", ref, pod.Status.PodIP, host)
+	}
+	if pod.DeletionTimestamp != nil {
+		return refuse("pod %s is already terminating", ref)
+	}
+	if pod.Status.Phase != corev1.PodRunning {
+		return refuse("pod %s is %s, not Running", ref, pod.Status.Phase)
+	}
+	if ok, why := remediable(pod); !ok {
+		return refuse("pod %s: %s", ref, why)
+	}
+	return pod, nil
+}
+
+// serverDryRun asks the apiserver whether the eviction would pass (PDB included) without
+// evicting anything (dryRun=All), so a dry run tells what a real run would meet.
+func (r *remediator) serverDryRun(ctx context.Context, pod *corev1.Pod) string {
+	err := r.evict(ctx, pod, true)
+	switch {
+	case err == nil:
+		return "server-side dry run: the eviction would be allowed"
+	case apierrors.IsTooManyRequests(err):
+		return fmt.Sprintf("server-side dry run: a PodDisruptionBudget would block it now (%v)", err)
+	default:
+		return fmt.Sprintf("server-side dry run failed: %v", err)
+	}
+}
+
+// evict posts an Eviction without client-go's retry loop: the typed Evict goes through a
+// request whose default MaxRetries (10) silently waits out Retry-After answers, a PDB
+// refusal included, for up to ~100 s. A refusal must come back at once so the engine can
+// back off, tell the operator, and keep the remediator free.
+func (r *remediator) evict(ctx context.Context, pod *corev1.Pod, dryRun bool) error {
+	ev := &policyv1.Eviction{
+		ObjectMeta:    metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
+		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}},
+	}
+	if dryRun {
+		ev.DeleteOptions.DryRun = []string{metav1.DryRunAll}
+	}
+	if rc, ok := r.client.PolicyV1().RESTClient().(*rest.RESTClient); ok && rc != nil {
+		return rc.Post().
+			AbsPath("/api/v1").
+			Namespace(pod.Namespace).
+			Resource("pods").
+			Name(pod.Name).
+			SubResource("eviction").
+			Body(ev).
+			MaxRetries(0).
+			Do(ctx).
+			Error()
+	}
+	// Fake clientsets have no REST client; their Evict has no retry loop either.
+	return r.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, ev)
+}
+
+// evictionUnavailable handles a 404/405 from the eviction subresource. A 404 may also mean
+// the pod vanished, so the pod is looked up again before anything is deleted.
+func (r *remediator) evictionUnavailable(ctx context.Context, pod *corev1.Pod, notes []string, evictErr error, why string) replica.Outcome {
+	ref := pod.Namespace + "/" + pod.Name
+	cur, err := r.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && cur.UID != pod.UID) {
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultRefused, Message: joinNotes(append(notes, fmt.Sprintf("pod %s went away during the eviction", ref)))}
+	}
+	if !r.allowDelete {
+		msg := joinNotes(append(notes, fmt.Sprintf("the Eviction API is not available for pod %s (%v) and --allow-delete is off: not deleting", ref, evictErr)))
+		r.notifier.event(pod, api.ReasonEvictionUnavailable, msg)
+		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultRefused, Message: msg}
+	}
+	owner := metav1.GetControllerOf(pod)
+	existing := r.pods.ownedBy(owner.UID)
+	err = r.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}})
+	if err != nil {
+		msg := joinNotes(append(notes, fmt.Sprintf("the Eviction API is not available for pod %s (%v); delete failed: %v", ref, evictErr, err)))
+		r.notifier.event(pod, api.ReasonDeleteFailed, msg)
+		return replica.Outcome{Action: api.ActionDelete, Result: api.ResultError, Message: msg}
+	}
+	r.replacements.watch(r.baseCtx, pod, owner, existing)
+	msg := joinNotes(append(notes, fmt.Sprintf("the Eviction API is not available (%v); deleted pod %s (uid %s) as --allow-delete permits; watching for a Ready replacement from %s %s", evictErr, ref, pod.UID, owner.Kind, owner.Name)))
+	r.notifier.event(pod, api.ReasonDeleted, "dnspulse deleted this degraded DNS replica (Eviction API unavailable): "+why)
+	return replica.Outcome{Action: api.ActionDelete, Result: api.ResultSuccess, Message: msg}
+}
+
+// backoff is the wait after a PDB refusal: the server's suggestion when it gives one,
+// else exponential per pod.
+type backoff struct {
+	mu      sync.Mutex
+	refused map[types.UID]int // consecutive PDB refusals per pod
+}
+
+func newBackoff() *backoff { return &backoff{refused: map[types.UID]int{}} }
+
+func (b *backoff) next(uid types.UID, err error) time.Duration {
+	b.mu.Lock()
+	n := b.refused[uid]
+	b.refused[uid] = n + 1
+	b.mu.Unlock()
+	if s, ok := apierrors.SuggestsClientDelay(err); ok && s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	d := blockedBackoffBase
+	for i := 0; i < n && d < blockedBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, blockedBackoffMax)
+}
+
+func (b *backoff) reset(uid types.UID) {
+	b.mu.Lock()
+	delete(b.refused, uid)
+	b.mu.Unlock()
+}
+
+func joinNotes(notes []string) string { return strings.Join(notes, "; ") }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,77 @@
+// Package replica holds what the healer's parts agree on: what a replica is, how it is
+// found (Discovery) and how it is acted on (Remediator, Notifier). Static mode and
+// Kubernetes mode each implement these; the engine (probe, heartbeat, detect, guards)
+// depends only on this package.
+package replica
+
+import (
+	"context"
+	"time"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+)
+
+// Target is one CoreDNS replica the healer watches.
+type Target struct {
+	// Name is the replica's name: the pod name in Kubernetes, the NAME of --target in static mode.
+	Name string
+	// DNSAddr is host:port the probes go to: the pod IP, never the Service VIP.
+	DNSAddr string
+	// PulseAddr is host:port of the replica's pulse listener (GET /pulse); empty if none.
+	PulseAddr string
+	// Ready says whether the replica is meant to be serving (Pod Ready, or always in static
+	// mode). A replica that is not Ready (starting, terminating) is watched but never
+	// counted as a healthy peer and never remediated.
+	Ready bool
+	// Remediable is false when the healer must not act on it (e.g. the pod is not controlled
+	// by a ReplicaSet or DaemonSet); Why says why.
+	Remediable bool
+	Why        string
+}
+
+// Discovery yields the current set of replicas.
+type Discovery interface {
+	// Run keeps the set current until ctx ends; it returns once the first set is known
+	// (informer caches synced) through the ready channel being closed, or with an error.
+	Run(ctx context.Context, ready chan<- struct{}) error
+	// Targets returns a snapshot of the replicas, sorted by name.
+	Targets() []Target
+}
+
+// Outcome is what a remediation did.
+type Outcome struct {
+	// Action is what was attempted.
+	Action api.Action
+	// Result says how it ended: blocked (try later) and error are retried with backoff,
+	// refused is not retried soon.
+	Result api.Result
+	// Message explains the result for the audit log and the Event.
+	Message string
+	// RetryAfter, when non-zero, is how long to wait before trying again ("blocked").
+	RetryAfter time.Duration
+}
+
+// Remediator replaces one degraded replica. Guards common to every mode (one in flight,
+// cooldowns, min-available, max-degraded, dry-run) are applied by the caller before it is
+// called; a Remediator applies only what its mode knows (leader only, ownership, PDB).
+type Remediator interface {
+	Remediate(ctx context.Context, t Target, reasons []string, dryRun bool) Outcome
+}
+
+// Notifier tells the outside world about states and actions (Kubernetes Events on the
+// pod; nothing in static mode, where the audit log is the record).
+type Notifier interface {
+	// Notify records one event on the replica; the reason says its type and action
+	// (package api's table).
+	Notify(t Target, reason api.Reason, message string)
+}
+
+// FreshnessSource is the freshness canary: a name whose answer the healer itself changes.
+// Every replica's answer must catch up with the current value within MaxLag.
+type FreshnessSource interface {
+	// Question is the fully qualified name to ask (type CNAME).
+	Question() string
+	// Accept says whether a CNAME target seen at time 'at' is fresh enough: it is the
+	// current value, or a previous value replaced less than MaxLag before 'at'.
+	Accept(target string, at time.Time) (ok bool, why string)
+}
