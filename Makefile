@@ -77,7 +77,7 @@ bench-plugin: ## ServeDNS with and without pulse (benchstat) and dnsperf CPU per
 	hack/bench-plugin.sh
 
 .PHONY: bench-detect
-bench-detect: ## Healer detection latency per fault class, healthy soak (SOAK=10m, SHORT=1 for 1m), CPU/memory at 100 targets.
+bench-detect: ## Healer detection per fault class, flapping, benign situations, healthy soak (SOAK=10m, HOG=2 for a busy machine), CPU/memory at 100 targets.
 	hack/bench-detect.sh
 
 .PHONY: bench-e2e

@@ -7,7 +7,12 @@
 #      DNS and /pulse responders).
 # The results replace the "Healer detection" section of BENCHMARKS.md (other sections are
 # left alone).
+#   4. flapping (a replica hung 300 ms every 2 s) and benign situations held BENIGN each
+#      (a client's SERVFAIL storm, an NXDOMAIN storm, a round-robin name, an upstream outage
+#      reaching cached replicas apart): no degraded state, no action.
 #   SOAK=10m (default) | SHORT=1 (SOAK=1m) | INJECTIONS=20 | SOAK_QPS=500 | SCALE_WINDOW=20s
+#   BENIGN=30s | FLAP_ROUNDS=5 | HOG=N: N busy loops beside everything (a busy machine)
+#   ONLY=Detect|Flapping|Benign|Soak|Scale (a regexp of the tests to run; default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +21,10 @@ SOAK=${SOAK:-10m}
 [[ -n ${SHORT:-} ]] && SOAK=${SHORT_SOAK:-1m}
 SOAK_QPS=${SOAK_QPS:-500}
 SCALE_WINDOW=${SCALE_WINDOW:-20s}
+BENIGN=${BENIGN:-30s}
+FLAP_ROUNDS=${FLAP_ROUNDS:-5}
+HOG=${HOG:-0}
+ONLY=${ONLY:-Detect|Flapping|Benign|Soak|Scale}
 OUT_MD=${OUT_MD:-BENCHMARKS.md}
 # On a shared machine the benchmark runs at a higher priority (as a Kubernetes CPU request
 # would give CoreDNS and the healer), so that a healthy soak does not measure other
@@ -39,13 +48,23 @@ fi
 
 frag=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$frag" "$log"' EXIT
-cmd="make bench-detect SOAK=$SOAK INJECTIONS=$INJECTIONS SOAK_QPS=$SOAK_QPS NICE=$NICE"
+hogs=()
+cleanup() {
+	((${#hogs[@]})) && kill "${hogs[@]}" 2>/dev/null
+	rm -f "$frag" "$log"
+}
+trap cleanup EXIT
+for ((i = 0; i < HOG; i++)); do
+	# A CPU hog at normal priority: the machine is busy, as a node shared with other pods.
+	sh -c 'while :; do :; done' &
+	hogs+=($!)
+done
+cmd="make bench-detect SOAK=$SOAK INJECTIONS=$INJECTIONS SOAK_QPS=$SOAK_QPS NICE=$NICE BENIGN=$BENIGN FLAP_ROUNDS=$FLAP_ROUNDS HOG=$HOG ONLY='$ONLY'"
 echo "bench-detect: $cmd (log: $log)"
 status=0
 BENCH_DETECT=1 BENCH_OUT=$frag BENCH_INJECTIONS=$INJECTIONS BENCH_SOAK=$SOAK BENCH_SOAK_QPS=$SOAK_QPS \
-	BENCH_SCALE_WINDOW=$SCALE_WINDOW \
-	${NICE:+nice -n $NICE} $GO test -count=1 -timeout 90m -tags integration -run 'TestBench(Detect|Soak|Scale)$' -v ./test/healer 2>&1 | tee "$log" || status=$?
+	BENCH_SCALE_WINDOW=$SCALE_WINDOW BENCH_BENIGN=$BENIGN BENCH_FLAP_ROUNDS=$FLAP_ROUNDS \
+	${NICE:+nice -n $NICE} $GO test -count=1 -timeout 120m -tags integration -run "TestBench($ONLY)\$" -v ./test/healer 2>&1 | tee "$log" || status=$?
 
 section=$(mktemp)
 {
@@ -54,9 +73,11 @@ section=$(mktemp)
 	echo "<!-- healer-detection: written by hack/bench-detect.sh; rerun it rather than editing by hand -->"
 	echo "Produced by \`$cmd\` at commit $(git rev-parse --short HEAD) on $(date -u +%Y-%m-%dT%H:%MZ);"
 	echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
-	echo "Three custom CoreDNS processes on 127.0.0.x (pulse tick 20ms, self-probe through the forward),"
-	echo "each forwarding to its own in-test upstream where the fault is switched on; the healer in static"
-	echo "mode, --dry-run, probes and /pulse polls every 20 ms. Latency = audit line time - injection time."
+	echo "Three custom CoreDNS processes on 127.0.0.x with the pulse line at its defaults (\`pulse ADDR\`: tick"
+	echo "100ms, self-probe answered by pulse), each forwarding to its own in-test upstream where the fault is"
+	echo "switched on; the healer in static mode with its default flags but --dry-run (probes and heartbeat reads"
+	echo "every 20 ms), faults injected once the replicas are past --warm-up. Latency = audit line time - injection"
+	echo "time. CPU hog beside: $HOG busy loops."
 	echo "Targets: median <= 100 ms and worst <= 200 ms per class; no false verdict; <= 0.25 core, <= 100 MiB."
 	echo "GOMAXPROCS=1 is what Go (>= 1.25) picks by itself under a CPU limit of one core or less."
 	echo

@@ -50,6 +50,14 @@ type Heartbeat struct {
 	// Verdict is the plugin's own opinion of itself, from the Corefile's thresholds.
 	Verdict string   `json:"verdict"`
 	Reasons []string `json:"reasons"`
+	// InFlight is absent from heartbeats of a pulse that does not count queries in flight.
+	InFlight *InFlight `json:"inflight,omitempty"`
+}
+
+// InFlight counts client queries that entered pulse and have not returned.
+type InFlight struct {
+	Count        uint64 `json:"count"`
+	OldestMicros uint64 `json:"oldestMicros"` // age of the oldest at Time; 0 when Count is 0
 }
 
 // Window is the client traffic of one trailing window. Self-probes are not counted.

@@ -67,6 +67,8 @@ const (
 	ReasonReplicaDegraded     Reason = "ReplicaDegraded"
 	ReasonGlobalDNSFailure    Reason = "GlobalDNSFailure"
 	ReasonRemediationSkipped  Reason = "RemediationSkipped"
+	ReasonReplicaFlapping     Reason = "ReplicaFlapping"
+	ReasonCheckMisconfigured  Reason = "CheckMisconfigured"
 	ReasonReadinessGateSet    Reason = "ReadinessGateSet"
 	ReasonReadinessGateFailed Reason = "ReadinessGateFailed"
 	ReasonEvicted             Reason = "Evicted"
@@ -93,6 +95,8 @@ var events = map[Reason]eventKind{
 	ReasonReplicaDegraded:     {EventWarning, "Detect"},
 	ReasonGlobalDNSFailure:    {EventWarning, "Detect"},
 	ReasonRemediationSkipped:  {EventWarning, "Detect"},
+	ReasonReplicaFlapping:     {EventWarning, "Detect"},
+	ReasonCheckMisconfigured:  {EventWarning, "Detect"},
 	ReasonReadinessGateSet:    {EventNormal, "Drain"},
 	ReasonReadinessGateFailed: {EventWarning, "Drain"},
 	ReasonEvicted:             {EventNormal, "Evict"},

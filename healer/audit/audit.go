@@ -32,6 +32,8 @@ const (
 	EventReplacement Event = "replacement" // an evicted replica's replacement is Ready, or is not in time
 	EventCanary      Event = "canary"      // the freshness canary could not be written
 	EventProbeQPSCap Event = "probe-qps-cap"
+	EventCheck       Event = "check"    // a check became broken (misconfigured) or good again
+	EventFlapping    Event = "flapping" // a replica keeps entering degraded
 )
 
 // Log writes audit lines; safe for concurrent use.

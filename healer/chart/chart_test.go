@@ -319,6 +319,7 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 			"namespace":      v.str("coredns.namespace"),
 			"selector":       v.str("coredns.selector"),
 			"service":        v.str("coredns.service"),
+			"cluster-domain": v.str("coredns.clusterDomain"),
 			"canary":         v.str("canary.enabled"),
 			"readiness-gate": v.str("remediation.readinessGate"),
 			"allow-delete":   v.str("remediation.allowDelete"),

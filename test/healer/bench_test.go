@@ -3,6 +3,7 @@
 package healer_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -80,11 +81,11 @@ var faultClasses = []faultClass{
 	{"replica slower (+80 ms)",
 		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeDelay) },
 		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
-	{"replica slower (+80 ms on client names only; self-probe fast, p99 shows it)",
-		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeDelayClients) },
-		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
-	{"answers differently (stale data)",
+	{"answers differently (stale data, a cluster.local name)",
 		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeDifferent) },
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
+	{"upstream answers REFUSED (an ACL on the replica's address)",
+		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeRefused) },
 		func(_ *testing.T, r *replicaProc) { r.up.mode.Store(modeNormal) }},
 }
 
@@ -94,7 +95,7 @@ func TestBenchDetect(t *testing.T) {
 	var rows []string
 	for _, fc := range faultClasses {
 		t.Run(fc.name, func(t *testing.T) {
-			c := startCluster(t)
+			c := startCluster(t, "--check", "probe.cluster.local/A")
 			var lat []time.Duration
 			falses := 0
 			for i := 0; i < n; i++ {
@@ -123,7 +124,7 @@ func TestBenchDetect(t *testing.T) {
 							return false
 						}
 						w := hb.Windows[heartbeat.Window1s]
-						return w.LatencyMicros.P99 < 10_000 && w.ServfailRatio == 0
+						return w.LatencyMicros.P99 < 10_000 && w.ServfailRatio == 0 && w.Rcodes["REFUSED"] == 0
 					})
 					waitFor(t, verdictWithin, r.name+" healthy", func() bool {
 						c.audit.read(t)
@@ -148,6 +149,124 @@ func TestBenchDetect(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// TestBenchFlapping: a replica hung for 300 ms every 2 s. Each stall must be found (degraded)
+// as fast as a hang; the replica must be remediated at its third entry (guards.flapCount),
+// without waiting --remediate-after, which no single stall lasts.
+func TestBenchFlapping(t *testing.T) {
+	benchEnabled(t)
+	n := envInt("BENCH_FLAP_ROUNDS", 5)
+	var lat []time.Duration
+	var at []int
+	for round := 0; round < n; round++ {
+		c := startCluster(t)
+		b := c.byName["dns-b"]
+		mark := c.audit.mark(t)
+		entries := 0
+		for len(remediations(c.audit.from(t, mark), "dns-b")) == 0 && entries < 6 {
+			m := c.audit.mark(t)
+			injected := time.Now()
+			b.signal(t, syscall.SIGSTOP)
+			deg := c.audit.waitFrom(t, m, verdictWithin, "dns-b degraded", isState("dns-b", "degraded"))
+			lat = append(lat, deg.Time.Sub(injected))
+			entries++
+			stall := time.NewTimer(300*time.Millisecond - time.Since(injected))
+			<-stall.C
+			b.signal(t, syscall.SIGCONT)
+			c.audit.waitFrom(t, m, verdictWithin, "dns-b healthy again", isState("dns-b", "healthy"))
+			gap := time.NewTimer(2*time.Second - time.Since(injected))
+			<-gap.C
+		}
+		at = append(at, entries)
+	}
+	slices.Sort(lat)
+	report(t, fmt.Sprintf("| flapping (hung 300 ms every 2 s) | %d stalls | %.1f | %.1f | %.1f | remediated at entry %v (flapCount 3) |",
+		len(lat), ms(lat[0]), ms(lat[len(lat)/2]), ms(lat[len(lat)-1]), at))
+}
+
+// TestBenchBenign runs each benign situation for BENCH_BENIGN (default 30s) and counts the
+// degraded states it raises (all false) and the actions; the staggered outage must end
+// global.
+func TestBenchBenign(t *testing.T) {
+	benchEnabled(t)
+	hold := envDuration("BENCH_BENIGN", 30*time.Second)
+	type benign struct {
+		name  string
+		opts  clusterOpts
+		start func(ctx context.Context, t *testing.T, c *cluster)
+		// global: the situation is a global failure: every replica must end global.
+		global bool
+	}
+	warmApart := func(t testing.TB, c *cluster) {
+		for i, r := range c.replicas {
+			if i > 0 {
+				apart := time.NewTimer(time.Second)
+				<-apart.C
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("probe.test.", dns.TypeA)
+			if _, err := dns.Exchange(m, r.dnsAddr); err != nil {
+				t.Fatalf("warming %s: %v", r.name, err)
+			}
+		}
+	}
+	cases := []benign{
+		{name: "one client's SERVFAIL storm at one replica (2000 qps of a broken name)",
+			start: func(ctx context.Context, _ *testing.T, c *cluster) {
+				load(ctx, c.byName["dns-b"].dnsAddr, 2000, 8, func(int) string { return "bad.test." })
+			}},
+		{name: "NXDOMAIN storm at one replica (3000 qps)",
+			start: func(ctx context.Context, _ *testing.T, c *cluster) {
+				load(ctx, c.byName["dns-b"].dnsAddr, 3000, 8, func(i int) string { return fmt.Sprintf("n%d.nx.test.", i) })
+			}},
+		{name: "a round-robin name answered differently by every replica (--check rr.test/A)",
+			opts: clusterOpts{healerArgs: []string{"--check", "rr.test/A"}}},
+		{name: "an upstream outage reaching cached replicas 1 s apart (cache 30, TTL 3s)", global: true,
+			opts: clusterOpts{corefile: "cache 30", ttl: 3, beforeHealer: warmApart},
+			start: func(_ context.Context, _ *testing.T, c *cluster) {
+				for _, r := range c.replicas {
+					r.up.mode.Store(modeServfail)
+				}
+			}},
+	}
+	report(t, "\n| benign situation | held | degraded states (false) | remediation lines | suspect transitions | ended global |\n|---|---|---|---|---|---|")
+	for _, bc := range cases {
+		t.Run(bc.name, func(t *testing.T) {
+			c := startClusterWith(t, bc.opts)
+			mark := c.audit.mark(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if bc.start != nil {
+				bc.start(ctx, t, c)
+			}
+			c.hold(t, hold)
+			cancel()
+			degraded, actions, suspects := 0, 0, 0
+			globals := map[string]bool{}
+			for _, l := range c.audit.from(t, mark) {
+				switch {
+				case l.Event == "state" && l.To == "degraded":
+					degraded++
+					t.Logf("false degraded: %s", l.Raw)
+				case l.Event == "state" && l.To == "suspect":
+					suspects++
+				case l.Event == "state" && l.To == "global":
+					globals[l.Replica] = true
+				case l.Event == "remediation":
+					actions++
+					t.Logf("action: %s", l.Raw)
+				}
+			}
+			report(t, fmt.Sprintf("| %s | %s | %d | %d | %d | %v |", bc.name, hold, degraded, actions, suspects, len(globals) == len(c.replicas)))
+			if degraded+actions > 0 {
+				t.Errorf("%d degraded states and %d actions in a benign situation", degraded, actions)
+			}
+			if bc.global && len(globals) != len(c.replicas) {
+				t.Errorf("the outage never became global: %v", globals)
+			}
+		})
+	}
+}
 
 // TestBenchSoak runs dnsperf against every replica for BENCH_SOAK (default 10m) with a
 // healthy cluster and counts verdicts worse than suspect, and actions: all false.

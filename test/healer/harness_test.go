@@ -104,6 +104,8 @@ const (
 	// modeDelayClients delays every name but the self-probe's: the replica's own view of
 	// itself stays fast, only its p99 (and the healer's probes) show the slowness.
 	modeDelayClients
+	// modeRefused: an ACL upstream that refuses this replica's source address.
+	modeRefused
 )
 
 // upstream is one replica's forward target, in-process, so a test switches its fault on
@@ -112,13 +114,16 @@ type upstream struct {
 	addr  string
 	mode  atomic.Int32
 	delay time.Duration
+	// ttl of the answers (default 30s); index numbers the upstream (round-robin answers).
+	ttl   uint32
+	index int
 
 	mu  sync.Mutex
 	srv *dns.Server
 }
 
 func newUpstream(t testing.TB) *upstream {
-	u := &upstream{delay: 80 * time.Millisecond}
+	u := &upstream{delay: 80 * time.Millisecond, ttl: 30}
 	u.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
 	u.start(t)
 	t.Cleanup(u.stop)
@@ -164,21 +169,28 @@ func (u *upstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.RecursionAvailable = true
-	if mode == modeServfail {
+	q := r.Question[0]
+	name := strings.ToLower(q.Name)
+	if mode == modeServfail || name == "bad.test." { // bad.test.: a name whose servers are broken
 		m.Rcode = dns.RcodeServerFailure
 		_ = w.WriteMsg(m)
 		return
 	}
-	q := r.Question[0]
-	ip := map[string]string{"probe.test.": "10.0.0.1", "selfcheck.test.": "10.0.0.2", "load.test.": "10.0.0.3"}[strings.ToLower(q.Name)]
+	if mode == modeRefused {
+		m.Rcode = dns.RcodeRefused
+		_ = w.WriteMsg(m)
+		return
+	}
+	ip := map[string]string{"probe.test.": "10.0.0.1", "selfcheck.test.": "10.0.0.2", "load.test.": "10.0.0.3",
+		"probe.cluster.local.": "10.0.0.4", "rr.test.": fmt.Sprintf("10.0.1.%d", u.index+1)}[name]
 	switch {
 	case ip == "":
 		m.Rcode = dns.RcodeNameError
 	case q.Qtype == dns.TypeA:
-		if mode == modeDifferent && q.Name == "probe.test." {
+		if mode == modeDifferent && (name == "probe.test." || name == "probe.cluster.local.") {
 			ip = "10.0.0.99"
 		}
-		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.ParseIP(ip)})
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: u.ttl}, A: net.ParseIP(ip)})
 	}
 	_ = w.WriteMsg(m)
 }
@@ -193,28 +205,27 @@ type replicaProc struct {
 	cmd       *exec.Cmd
 }
 
+// corefile is a replica's Corefile: the pulse line as a user writes it first (every option
+// at its default: tick 100ms, the self-probe answered by pulse itself), extra lines (a
+// cache), and forward to the replica's own upstream.
 const corefile = `.:%d {
     bind %s
-    pulse %s {
-        tick 20ms
-        self_probe selfcheck.test. A
-        self_probe_timeout 50ms
-        replica %s
-    }
+    pulse %s
+    %s
     forward . %s {
         max_fails 0
     }
 }
 `
 
-func startReplica(t testing.TB, name, ip string, up *upstream) *replicaProc {
+func startReplica(t testing.TB, name, ip string, up *upstream, extra string) *replicaProc {
 	t.Helper()
 	dir := t.TempDir()
 	port, pport := freePort(t, ip), freePort(t, ip)
 	r := &replicaProc{name: name, ip: ip, up: up,
 		dnsAddr: net.JoinHostPort(ip, strconv.Itoa(port)), pulseAddr: net.JoinHostPort(ip, strconv.Itoa(pport))}
 	conf := filepath.Join(dir, "Corefile")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(corefile, port, ip, r.pulseAddr, name, up.addr)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(corefile, port, ip, r.pulseAddr, extra, up.addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logf, err := os.Create(filepath.Join(dir, "coredns.log"))
@@ -279,26 +290,54 @@ type cluster struct {
 	healer   *exec.Cmd
 }
 
+// clusterOpts change what startClusterWith starts.
+type clusterOpts struct {
+	// corefile is extra lines in every replica's server block (e.g. "cache 30").
+	corefile string
+	// ttl of the upstreams' answers (default 30s).
+	ttl uint32
+	// beforeHealer runs once the replicas serve, before the healer starts.
+	beforeHealer func(t testing.TB, c *cluster)
+	// healerArgs are added to the healer's (default) flags.
+	healerArgs []string
+	// skipHealthy returns as soon as the healer runs (the test waits for what it needs).
+	skipHealthy bool
+}
+
+// startCluster starts three replicas and the healer with its defaults (but --dry-run, the
+// audit log in a file, metrics on a free port, and --check probe.test/A), and returns once
+// every replica is healthy and past the healer's warm-up: the faults are injected then.
 func startCluster(t testing.TB, extraHealerArgs ...string) *cluster {
+	t.Helper()
+	return startClusterWith(t, clusterOpts{healerArgs: extraHealerArgs})
+}
+
+func startClusterWith(t testing.TB, o clusterOpts) *cluster {
 	t.Helper()
 	// A random 127.0.0.x block per cluster: the addresses stay distinct between replicas.
 	base := 10 + rand.IntN(200)
 	c := &cluster{byName: map[string]*replicaProc{}}
 	for i, name := range []string{"dns-a", "dns-b", "dns-c"} {
 		ip := fmt.Sprintf("127.0.0.%d", base+i)
-		r := startReplica(t, name, ip, newUpstream(t))
+		up := newUpstream(t)
+		up.index = i
+		if o.ttl > 0 {
+			up.ttl = o.ttl
+		}
+		r := startReplica(t, name, ip, up, o.corefile)
 		c.replicas = append(c.replicas, r)
 		c.byName[name] = r
 	}
+	if o.beforeHealer != nil {
+		o.beforeHealer(t, c)
+	}
 	dir := t.TempDir()
 	auditPath := filepath.Join(dir, "audit.log")
-	args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", auditPath,
-		"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms",
-		"--warm-up", "1s"} // the tests inject their faults once every replica is healthy
+	args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", auditPath, "--metrics-addr", "127.0.0.1:0"}
 	for _, r := range c.replicas {
 		args = append(args, "--target", r.target())
 	}
-	args = append(args, extraHealerArgs...)
+	args = append(args, o.healerArgs...)
 	logf, err := os.Create(filepath.Join(dir, "healer.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -327,12 +366,67 @@ func startCluster(t testing.TB, extraHealerArgs ...string) *cluster {
 			t.Logf("audit log:\n%s", tail(a, 6000))
 		}
 	})
+	if o.skipHealthy {
+		return c
+	}
 	for _, r := range c.replicas {
 		c.audit.wait(t, 30*time.Second, r.name+" healthy", func(l line) bool {
 			return l.Event == "state" && l.Replica == r.name && l.To == "healthy"
 		})
 	}
+	c.pastWarmUp(t, warmUpOf(o.healerArgs))
 	return c
+}
+
+// hold lets the healer judge the cluster for d, measured on the replicas' own heartbeats
+// (seq moves one tick at a time).
+func (c *cluster) hold(t testing.TB, d time.Duration) {
+	t.Helper()
+	r := c.replicas[0]
+	start, err := r.heartbeat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, d+verdictWithin, fmt.Sprintf("%s of heartbeats", d), func() bool {
+		hb, err := r.heartbeat()
+		return err == nil && time.Duration(hb.Seq-start.Seq)*time.Duration(hb.Tick) >= d
+	})
+}
+
+// warmUpOf is the --warm-up in args, else the healer's default (10s).
+func warmUpOf(args []string) time.Duration {
+	d := 10 * time.Second
+	for i, a := range args {
+		v, ok := strings.CutPrefix(a, "--warm-up=")
+		if !ok && a == "--warm-up" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if p, err := time.ParseDuration(v); ok && err == nil {
+			d = p
+		}
+	}
+	return d
+}
+
+// pastWarmUp waits until warmUp has passed since the healer first saw the replicas (its
+// "replica" audit lines): a younger replica is judged on hard evidence only, and no action
+// is taken on it (docs/design.md R14, G3). A wait on the healer's own clock, not a guess.
+func (c *cluster) pastWarmUp(t testing.TB, warmUp time.Duration) {
+	t.Helper()
+	var seen time.Time
+	for _, r := range c.replicas {
+		l := c.audit.wait(t, 30*time.Second, r.name+" discovered", func(l line) bool {
+			return l.Event == audit.EventReplica && l.Fields["replica"] == r.name
+		})
+		if l.Time.After(seen) {
+			seen = l.Time
+		}
+	}
+	if d := time.Until(seen.Add(warmUp + 100*time.Millisecond)); d > 0 {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		<-timer.C
+	}
 }
 
 func tail(b []byte, n int) string {

@@ -5,6 +5,7 @@ package healer_test
 import (
 	"context"
 	"fmt"
+
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/audit"
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
@@ -106,8 +110,10 @@ func TestOneReplicaSlower(t *testing.T) {
 	expectDegradedAndDryRun(t, c, mark, "dns-b")
 }
 
+// R2 holds for names the cluster answers itself (under --cluster-domain); probe.test, a
+// forwarded name, is judged by its rcode only and does not flag it.
 func TestOneReplicaAnswersDifferently(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, "--check", "probe.cluster.local/A")
 	mark := c.audit.mark(t)
 	c.byName["dns-b"].up.mode.Store(modeDifferent)
 	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
@@ -215,4 +221,126 @@ func TestRemediateExecReplacesReplica(t *testing.T) {
 		t.Errorf("script ran for %q (%v), want dns-b once", b, err)
 	}
 	c.audit.waitFrom(t, mark, verdictWithin, "dns-b healthy again", isState("dns-b", "healthy"))
+}
+
+// R9, R12: an upstream that refuses one replica's queries (an ACL on its source address).
+func TestUpstreamRefusesOneReplica(t *testing.T) {
+	c := startCluster(t)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].up.mode.Store(modeRefused)
+	deg := expectDegradedAndDryRun(t, c, mark, "dns-b")
+	if !strings.Contains(strings.Join(deg.Reasons, " "), "REFUSED") {
+		t.Errorf("want REFUSED among the reasons: %v", deg.Reasons)
+	}
+}
+
+// Flapping is a fault (guards.flapCount, default 3 in 5m): a replica that hangs for 300 ms
+// every couple of seconds never stays degraded for --remediate-after, and is acted on at
+// its third entry; its flapping is one audit line (and one Event).
+func TestFlappingReplica(t *testing.T) {
+	c := startCluster(t)
+	b := c.byName["dns-b"]
+	mark := c.audit.mark(t)
+	entries := 0
+	for len(remediations(c.audit.from(t, mark), "dns-b")) == 0 {
+		if entries >= 6 {
+			t.Fatalf("%d entries into degraded and no remediation", entries)
+		}
+		m := c.audit.mark(t)
+		b.signal(t, syscall.SIGSTOP)
+		c.audit.waitFrom(t, m, verdictWithin, "dns-b degraded", isState("dns-b", "degraded"))
+		entries++
+		stall := time.NewTimer(300 * time.Millisecond) // the stall itself is the fault: its length is the point
+		<-stall.C
+		b.signal(t, syscall.SIGCONT)
+		c.audit.waitFrom(t, m, verdictWithin, "dns-b healthy again", isState("dns-b", "healthy"))
+	}
+	if entries != 3 {
+		t.Errorf("remediated at entry %d, want 3", entries)
+	}
+	flaps := 0
+	for _, l := range c.audit.from(t, mark) {
+		if l.Event == audit.EventFlapping {
+			flaps++
+		}
+	}
+	if flaps != 1 {
+		t.Errorf("%d flapping lines, want 1", flaps)
+	}
+}
+
+func remediations(lines []line, replica string) []line {
+	var out []line
+	for _, l := range lines {
+		if l.Event == "remediation" && l.Replica == replica && l.Result != "refused" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// R12: one client's queries for a broken name SERVFAIL at one replica; the healer's probes
+// pass: suspect at most.
+func TestSingleClientServfailStorm(t *testing.T) {
+	c := startCluster(t)
+	holdUnderLoad(t, c, "dns-b", 2000, func(int) string { return "bad.test." },
+		func(w heartbeat.Window) bool { return w.ServfailRatio > 0.5 }, "a SERVFAIL ratio above 0.5 at dns-b")
+}
+
+// R2 is off for a forwarded name: a round-robin (or CDN) name whose answers differ per
+// replica is judged by its rcode only.
+func TestRoundRobinNameIsNotStale(t *testing.T) {
+	c := startCluster(t, "--check", "rr.test/A")
+	mark := c.audit.mark(t)
+	c.hold(t, 5*time.Second)
+	expectNoDegradedNoRemediation(t, c, mark)
+	for _, l := range c.audit.from(t, mark) {
+		if l.Event == "state" && l.To != "healthy" {
+			t.Errorf("a replica left healthy: %s", l.Raw)
+		}
+	}
+}
+
+// R1: with a cache, an upstream outage reaches each replica when its cache entry expires,
+// here a second apart. The first to fail has peers that still answer, but from their caches
+// (a TTL counted down): no witness, so not degraded; then all fail: global.
+func TestUpstreamOutageReachingCachedReplicasApart(t *testing.T) {
+	c := startClusterWith(t, clusterOpts{corefile: "cache 30", ttl: 3, beforeHealer: func(t testing.TB, c *cluster) {
+		for i, r := range c.replicas { // fetch probe.test a second apart: the entries expire a second apart
+			if i > 0 {
+				apart := time.NewTimer(time.Second)
+				<-apart.C
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("probe.test.", dns.TypeA)
+			if _, err := dns.Exchange(m, r.dnsAddr); err != nil {
+				t.Fatalf("warming %s: %v", r.name, err)
+			}
+		}
+	}})
+	mark := c.audit.mark(t)
+	for _, r := range c.replicas {
+		r.up.mode.Store(modeServfail)
+	}
+	expectGlobal(t, c, mark)
+}
+
+// R13: a check every replica answers NXDOMAIN (a typo) is reported as misconfigured (after
+// thresholds.brokenCheckAfter, 2s here instead of 30s) and left out: a hang is still found.
+func TestBrokenCheckIsReported(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "healer.yaml")
+	if err := os.WriteFile(cfg, []byte("thresholds:\n  brokenCheckAfter: 2s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startClusterWith(t, clusterOpts{healerArgs: []string{"--config", cfg, "--check", "typo.test/A"}, skipHealthy: true})
+	c.audit.wait(t, verdictWithin, "the typo check reported broken", func(l line) bool {
+		return l.Event == audit.EventCheck && l.Fields["broken"] == true && l.Fields["check"] == "typo.test./A"
+	})
+	for _, r := range c.replicas {
+		c.audit.wait(t, verdictWithin, r.name+" healthy with the broken check left out", isState(r.name, "healthy"))
+	}
+	c.pastWarmUp(t, 10*time.Second)
+	mark := c.audit.mark(t)
+	c.byName["dns-b"].signal(t, syscall.SIGSTOP)
+	expectDegradedAndDryRun(t, c, mark, "dns-b")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -19,9 +20,13 @@ type Check struct {
 	// Rcode is the rcode the answer must carry (dns.RcodeSuccess unless configured).
 	Rcode int
 	// Answers, when non-nil, is the exact answer set expected (rdata as dig prints it,
-	// e.g. "10.96.0.1" for A, "0 100 53 dns.example." for SRV), order ignored. When nil
-	// the answer must agree with the majority of replicas (judged by the detector).
+	// e.g. "10.96.0.1" for A, "0 100 53 dns.example." for SRV), order ignored.
 	Answers []string
+	// Majority: without exact Answers, the answer must agree with the majority of the
+	// replicas (judged by the detector, docs/design.md R2). Off for a name whose answers may
+	// legitimately differ between replicas (a forwarded CDN or round-robin name): then only
+	// the rcode is checked. By default on for names the cluster is authoritative for.
+	Majority bool
 	// Canary marks the freshness canary's CNAME check.
 	Canary bool
 }
@@ -87,6 +92,20 @@ func AnswerKey(rrs []dns.RR) string {
 	sort.Strings(lines)
 	lines = dedupe(lines)
 	return strings.Join(lines, "\n")
+}
+
+// MinTTL is the smallest TTL of rrs, 0 when there is none.
+func MinTTL(rrs []dns.RR) time.Duration {
+	var m uint32
+	for i, rr := range rrs {
+		if rr == nil || rr.Header() == nil {
+			continue
+		}
+		if t := rr.Header().Ttl; i == 0 || t < m {
+			m = t
+		}
+	}
+	return time.Duration(m) * time.Second
 }
 
 // Rdata is the record's data as dig prints it, without the header, lower-cased.

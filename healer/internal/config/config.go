@@ -85,8 +85,12 @@ type Guards struct {
 	RetryBackoffMax Duration `json:"retryBackoffMax"`
 	// RemediateAfter: a replica must have stayed degraded this long.
 	RemediateAfter Duration `json:"remediateAfter"`
-	// WarmUp: a replica must have been Ready this long.
+	// WarmUp: a replica must have been Ready this long (also how long it is young: R14).
 	WarmUp Duration `json:"warmUp"`
+	// FlapCount entries into degraded within FlapWindow make a replica flapping: acted on
+	// without waiting RemediateAfter (G1), one aggregated Event. File keys only.
+	FlapCount  int      `json:"flapCount"`
+	FlapWindow Duration `json:"flapWindow"`
 }
 
 // Kubernetes is Kubernetes mode (package kube).
@@ -156,6 +160,7 @@ func Default() *Config {
 			Cooldown: D(5 * time.Minute), GlobalCooldown: D(time.Minute),
 			RetryBackoff: D(5 * time.Second), RetryBackoffMax: D(2 * time.Minute),
 			RemediateAfter: D(time.Second), WarmUp: D(10 * time.Second),
+			FlapCount: 3, FlapWindow: D(5 * time.Minute),
 		},
 		Kubernetes: Kubernetes{
 			Namespace: "kube-system", Selector: "k8s-app=kube-dns", Service: "kube-dns", ClusterDomain: "cluster.local",

@@ -44,6 +44,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&k.Namespace, "namespace", k.Namespace, "namespace of the CoreDNS pods")
 	fs.StringVar(&k.Selector, "selector", k.Selector, "label selector of the CoreDNS pods")
 	fs.StringVar(&k.Service, "service", k.Service, "the DNS Service whose EndpointSlices are watched")
+	fs.StringVar(&k.ClusterDomain, "cluster-domain", k.ClusterDomain, "the cluster's DNS domain: the canary's and the default check's, and the names every replica must answer alike")
 	fs.BoolVar(&k.Canary.Enabled, "canary", k.Canary.Enabled, "run the freshness canary (an ExternalName Service the healer rotates)")
 	fs.StringVar(&k.Canary.Namespace, "canary-namespace", k.Canary.Namespace, "namespace of the canary Service (default: $POD_NAMESPACE, else --namespace)")
 	fs.StringVar(&k.Canary.Service, "canary-service", k.Canary.Service, "name of the canary Service")

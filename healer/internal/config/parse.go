@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/miekg/dns"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
@@ -97,7 +98,7 @@ func (c *Config) resolve() []string {
 		c.StaticTargets = append(c.StaticTargets, t)
 	}
 	for i, spec := range c.Checks {
-		ck, err := spec.check()
+		ck, err := spec.check(c.Kubernetes.ClusterDomain)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: checks[%d]: %v", c.File, i, err))
 			continue
@@ -110,10 +111,13 @@ func (c *Config) resolve() []string {
 			errs = append(errs, fmt.Sprintf("--check[%d]: %v", i, err))
 			continue
 		}
+		ck.Majority = authoritative(ck.Name, c.Kubernetes.ClusterDomain)
 		c.CheckList = append(c.CheckList, ck)
 	}
 	if len(c.Checks) == 0 && len(c.CheckFlags) == 0 && !c.IsStatic() {
 		ck, _ := check.Parse(DefaultKubeCheck)
+		ck.Name = "kubernetes.default.svc." + dns.Fqdn(strings.ToLower(c.Kubernetes.ClusterDomain))
+		ck.Majority = true
 		c.CheckList = append(c.CheckList, ck)
 	}
 	k := &c.Kubernetes
@@ -129,18 +133,26 @@ func (c *Config) resolve() []string {
 	return errs
 }
 
+// authoritative says whether the cluster answers name itself (under the cluster domain), so
+// that every replica must give the same answer (R2); a forwarded name may differ.
+func authoritative(name, clusterDomain string) bool {
+	return dns.IsSubDomain(dns.Fqdn(strings.ToLower(clusterDomain)), strings.ToLower(name))
+}
+
 // CheckSpec is one check of the config file, with its own expectation.
 type CheckSpec struct {
 	Name   string `json:"name"`
 	Type   string `json:"type"`
 	Expect struct {
 		Rcode string `json:"rcode"`
-		// Answers is "majority" (default) or a list of exact rdata strings.
+		// Answers is "majority" (every replica the same answer), "any" (the rcode alone is
+		// checked: answers may differ between replicas), or a list of exact rdata strings.
+		// The default is majority for names under the cluster domain, any for the others.
 		Answers any `json:"answers"`
 	} `json:"expect"`
 }
 
-func (s CheckSpec) check() (check.Check, error) {
+func (s CheckSpec) check(clusterDomain string) (check.Check, error) {
 	spec := s.Name
 	if s.Type != "" {
 		spec += "/" + s.Type
@@ -156,11 +168,17 @@ func (s CheckSpec) check() (check.Check, error) {
 		}
 		c.Rcode = r
 	}
+	c.Majority = authoritative(c.Name, clusterDomain)
 	switch a := s.Expect.Answers.(type) {
 	case nil:
 	case string:
-		if a != "majority" {
-			return c, fmt.Errorf("expect.answers: %q is neither \"majority\" nor a list", a)
+		switch a {
+		case "majority":
+			c.Majority = true
+		case "any":
+			c.Majority = false
+		default:
+			return c, fmt.Errorf("expect.answers: %q is neither \"majority\", \"any\" nor a list", a)
 		}
 	case []any:
 		c.Answers = []string{}
@@ -172,7 +190,7 @@ func (s CheckSpec) check() (check.Check, error) {
 			c.Answers = append(c.Answers, str)
 		}
 	default:
-		return c, fmt.Errorf("expect.answers: want \"majority\" or a list of strings, got %v", a)
+		return c, fmt.Errorf("expect.answers: want \"majority\", \"any\" or a list of strings, got %v", a)
 	}
 	return c, nil
 }

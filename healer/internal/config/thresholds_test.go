@@ -7,7 +7,7 @@ func TestThresholdsValidate(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", errs)
 	}
 	th := DefaultThresholds()
-	th.MinFailures, th.LatencyFactor, th.ServfailMargin = 0, 0.5, 2
+	th.MinFailures, th.LatencyFactor, th.ErrorMargin = 0, 0.5, 2
 	errs := th.validate("x.yaml: thresholds.")
 	if len(errs) != 3 {
 		t.Fatalf("want 3 errors, got %v", errs)

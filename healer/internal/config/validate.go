@@ -8,6 +8,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 )
 
+// maxChecks is how many checks the detector tracks one by one (the canary's included).
+const maxChecks = 16
+
 // Validate reports every bad value at once, each naming its flag or file key.
 func (c *Config) Validate() error {
 	var errs []string
@@ -45,6 +48,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Guards.MaxDegraded < 1 {
 		bad("max-degraded", "must be >= 1")
+	}
+	if c.Guards.FlapCount < 2 {
+		badKey("guards.flapCount", "must be >= 2")
+	}
+	if c.Guards.FlapWindow <= 0 {
+		badKey("guards.flapWindow", "must be > 0")
+	}
+	if n := len(c.CheckList) + 1; n > maxChecks {
+		bad("check", fmt.Sprintf("%d checks (with the canary's): at most %d", n, maxChecks))
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

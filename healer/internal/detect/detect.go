@@ -43,21 +43,30 @@ type Transition struct {
 type Detector struct {
 	th       config.Thresholds
 	checks   []check.Check
+	young    time.Duration // R14: how long a replica is young after it became Ready
 	replicas map[string]*evidence
 	majority map[int]*majorityCache
 	global   globalEpisode
+	// maxTTL is the longest answer TTL seen per check: an answer with less was cached.
+	maxTTL map[int]time.Duration
+	// checkHealth and broken follow the checks that every replica answers wrong (R13).
+	checkHealth  [maxChecks]checkHealth
+	broken       [maxChecks]bool
+	checkChanges []CheckChange
 	// scratch is reused by Evaluate so that judging allocates only for reasons; it is
 	// valid only during one call of Evaluate.
 	scratch evaluation
 }
 
-// New makes a detector for the given checks (indexed as probe.Result.Check).
-func New(th config.Thresholds, checks []check.Check) *Detector {
-	return &Detector{th: th, checks: checks, replicas: make(map[string]*evidence), majority: map[int]*majorityCache{}}
+// New makes a detector for the given checks (indexed as probe.Result.Check); a replica is
+// young for the given time after it became Ready (the guards' warm-up).
+func New(th config.Thresholds, checks []check.Check, young time.Duration) *Detector {
+	return &Detector{th: th, checks: checks, young: young, replicas: make(map[string]*evidence),
+		majority: map[int]*majorityCache{}, maxTTL: map[int]time.Duration{}}
 }
 
-// SetTargets replaces the set of replicas; the evidence of those that stay is kept.
-func (d *Detector) SetTargets(targets []replica.Target) {
+// SetTargets replaces the set of replicas at now; the evidence of those that stay is kept.
+func (d *Detector) SetTargets(targets []replica.Target, now time.Time) {
 	seen := make(map[string]bool, len(targets))
 	for _, t := range targets {
 		seen[t.Name] = true
@@ -70,6 +79,9 @@ func (d *Detector) SetTargets(targets []replica.Target) {
 			// just became Ready has finished starting: what it did before proves nothing
 			// about it now, so start afresh rather than act on a judgment of its start-up.
 			*r = *newEvidence(r.state)
+		}
+		if t.Ready && r.readyAt.IsZero() {
+			r.readyAt = now
 		}
 		r.target = t
 	}

@@ -59,14 +59,21 @@ func hb(seq uint64, o hbOpts) *heartbeat.Heartbeat {
 	if o.verdict == "" {
 		o.verdict = heartbeat.VerdictHealthy
 	}
+	// A slow replica is slow for every query: p90 too (the internal view compares p90
+	// under 100 queries a second).
+	p90 := max(uint64(300), uint64(o.p99.Microseconds()))
 	w := heartbeat.Window{
 		Queries: o.queries, Rcodes: map[string]uint64{"NOERROR": o.queries},
-		LatencyMicros: heartbeat.Latency{P50: 200, P90: 300, P99: uint64(o.p99.Microseconds()), Max: uint64(o.p99.Microseconds())},
+		LatencyMicros: heartbeat.Latency{P50: 200, P90: p90, P99: uint64(o.p99.Microseconds()), Max: uint64(o.p99.Microseconds())},
 		ServfailRatio: o.servfail, NXDomainRatio: o.nx,
 	}
 	if o.servfail > 0 {
-		w.Rcodes["SERVFAIL"] = uint64(o.servfail*float64(o.queries)) + 1
+		w.Rcodes["SERVFAIL"] = uint64(o.servfail * float64(o.queries))
 	}
+	if o.nx > 0 {
+		w.Rcodes["NXDOMAIN"] = uint64(o.nx * float64(o.queries))
+	}
+	w.Rcodes["NOERROR"] -= w.Rcodes["SERVFAIL"] + w.Rcodes["NXDOMAIN"]
 	h := &heartbeat.Heartbeat{
 		Version: 1, Seq: seq, Time: t0, Tick: heartbeat.Duration(interval),
 		Windows:   map[string]heartbeat.Window{"1s": w, "10s": w, "60s": w},
@@ -95,6 +102,15 @@ type scenario struct {
 	// and states it must never reach.
 	want  map[string]api.State
 	never map[string][]api.State
+	// lateReply, when set, says how long after its send a probe that timed out is answered
+	// after all (0: never).
+	lateReply func(name string, sent time.Duration) time.Duration
+	// checks, when set, replaces the default check list (a.example, majority); probeCheck
+	// then gives each check's result.
+	checks     []check.Check
+	probeCheck func(name string, c int, sent time.Duration) probe.Result
+	// runFor, when set, replaces runFor.
+	runFor time.Duration
 }
 
 type event struct {
@@ -105,39 +121,72 @@ type event struct {
 
 func simulate(t *testing.T, sc scenario, th config.Thresholds) map[string][]Transition {
 	t.Helper()
+	_, got := simulateDetector(t, sc, th, 0)
+	return got
+}
+
+// simulateYoung runs sc with replicas young (R14) for the given time after they are Ready.
+func simulateYoung(t *testing.T, sc scenario, young time.Duration) map[string][]Transition {
+	t.Helper()
+	_, got := simulateDetector(t, sc, config.DefaultThresholds(), young)
+	return got
+}
+
+// simulateDetector is simulate that returns the detector too.
+func simulateDetector(t *testing.T, sc scenario, th config.Thresholds, young time.Duration) (*Detector, map[string][]Transition) {
+	t.Helper()
 	names := []string{"a", "b", "c"}
-	checks := []check.Check{{Name: "a.example.", Type: dns.TypeA}}
+	checks := []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}
+	if sc.checks != nil {
+		checks = append([]check.Check(nil), sc.checks...)
+	}
 	if sc.fresh != nil {
 		checks = append(checks, check.Check{Name: "canary.example.", Type: dns.TypeCNAME, Canary: true})
 	}
 	fwdCheck := -1
 	if sc.fwd != nil {
 		fwdCheck = len(checks)
-		checks = append(checks, check.Check{Name: "fwd.example.", Type: dns.TypeA})
+		checks = append(checks, check.Check{Name: "fwd.example.", Type: dns.TypeA, Majority: true})
 	}
-	d := New(th, checks)
+	d := New(th, checks, young)
 	var targets []replica.Target
 	for _, n := range names {
 		targets = append(targets, replica.Target{Name: n, DNSAddr: n + ":53", PulseAddr: n + ":9155", Ready: true, Remediable: true})
 	}
-	d.SetTargets(targets)
+	d.SetTargets(targets, t0)
 
 	var evs []event
 	for i, n := range names {
 		phase := time.Duration(i) * 7 * time.Millisecond
 		seq := uint64(100)
-		for sent := phase; sent < runFor; sent += interval {
+		end := runFor
+		if sc.runFor > 0 {
+			end = sc.runFor
+		}
+		for sent := phase; sent < end; sent += interval {
 			for c := range checks {
-				r := sc.probe(n, sent)
-				if c == fwdCheck {
+				var r probe.Result
+				switch {
+				case c == fwdCheck:
 					r = sc.fwd(n, sent)
+				case sc.probeCheck != nil && !checks[c].Canary:
+					r = sc.probeCheck(n, c, sent)
+				default:
+					r = sc.probe(n, sent)
 				}
 				if checks[c].Canary {
 					r.Canary = true
-					r.CanaryOK, r.CanaryWhy = sc.fresh.Accept(n, t0.Add(sent))
+					r.CanaryOK, r.CanaryWhy = sc.fresh.Accept(n, t0.Add(sent), 0)
 				}
 				r.Replica, r.Check, r.Sent = n, c, t0.Add(sent)
 				evs = append(evs, event{at: sent + r.Latency, probe: &r})
+				if sc.lateReply != nil && r.Timeout {
+					if late := sc.lateReply(n, sent); late > 0 {
+						lr := okProbe(n, sent)
+						lr.Replica, lr.Check, lr.Sent, lr.Latency, lr.LateReply = n, c, t0.Add(sent), late, true
+						evs = append(evs, event{at: sent + late, probe: &lr})
+					}
+				}
 			}
 			p := sc.pulse(n, sent+3*time.Millisecond, seq)
 			if p.Kind == hbreader.OK && p.HB.Seq == seq {
@@ -167,7 +216,7 @@ func simulate(t *testing.T, sc scenario, th config.Thresholds) map[string][]Tran
 		}
 		record(d.Evaluate(t0.Add(ev.at)))
 	}
-	return got
+	return d, got
 }
 
 func statesAfter(trs []Transition, after time.Time) []api.State {
@@ -185,7 +234,7 @@ func after(d time.Duration) bool { return d >= faultAt }
 type fakeFresh struct{ behind string }
 
 func (f fakeFresh) Question() string { return "canary.example." }
-func (f fakeFresh) Accept(target string, at time.Time) (bool, string) {
+func (f fakeFresh) Accept(target string, at time.Time, _ time.Duration) (bool, string) {
 	if target == f.behind && at.Sub(t0) >= faultAt {
 		return false, "answer is a value replaced 4s ago (max lag 3s)"
 	}
@@ -238,7 +287,9 @@ func TestFaultMatrix(t *testing.T) {
 			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
 				r := okPulse(n, s, seq)
 				if n == "b" && after(s) {
-					r.HB = hb(seq, hbOpts{servfail: 0.05})
+					// Five SERVFAIL (the healer's probes) among 50 queries within the first
+					// tick: a significant excess over clean peers (p < 0.01).
+					r.HB = hb(seq, hbOpts{servfail: 0.1})
 				}
 				return r
 			},
@@ -561,11 +612,11 @@ func TestRecoveryAfterDegraded(t *testing.T) {
 }
 
 func TestNoMajorityWithTwoReplicas(t *testing.T) {
-	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA}})
+	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
 	d.SetTargets([]replica.Target{
 		{Name: "a", DNSAddr: "a:53", Ready: true, Remediable: true},
 		{Name: "b", DNSAddr: "b:53", Ready: true, Remediable: true},
-	})
+	}, t0)
 	now := t0
 	for i := 0; i < 20; i++ {
 		now = now.Add(interval)
@@ -598,12 +649,12 @@ func TestPeerMedian(t *testing.T) {
 // BenchmarkEvaluate100 is the detector's cost per evaluation with 100 replicas, the
 // healer's scale target.
 func BenchmarkEvaluate100(b *testing.B) {
-	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA}})
+	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
 	var ts []replica.Target
 	for i := 0; i < 100; i++ {
 		ts = append(ts, replica.Target{Name: string(rune('A'+i/26)) + string(rune('a'+i%26)), DNSAddr: "x", PulseAddr: "y", Ready: true, Remediable: true})
 	}
-	d.SetTargets(ts)
+	d.SetTargets(ts, t0)
 	now := t0
 	for k := 0; k < 10; k++ {
 		now = now.Add(interval)
@@ -701,7 +752,7 @@ func TestUnevenRecoveryFromGlobal(t *testing.T) {
 // A replica that fails while starting (not Ready) is suspect at most, and once Ready its
 // start-up failures are forgotten: no stale degraded verdict to act on.
 func TestStartingReplicaIsNeverDegradedOnItsStartup(t *testing.T) {
-	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA}})
+	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
 	ready := func(b bool) []replica.Target {
 		return []replica.Target{
 			{Name: "a", DNSAddr: "a:53", Ready: true, Remediable: true},
@@ -709,7 +760,7 @@ func TestStartingReplicaIsNeverDegradedOnItsStartup(t *testing.T) {
 			{Name: "new", DNSAddr: "n:53", Ready: b, Remediable: true},
 		}
 	}
-	d.SetTargets(ready(false))
+	d.SetTargets(ready(false), t0)
 	now := t0
 	for i := 0; i < 30; i++ {
 		now = now.Add(interval)
@@ -730,7 +781,7 @@ func TestStartingReplicaIsNeverDegradedOnItsStartup(t *testing.T) {
 	if st := d.State("new"); st != api.Suspect {
 		t.Fatalf("starting replica failing probes: %s, want suspect", st)
 	}
-	d.SetTargets(ready(true))
+	d.SetTargets(ready(true), t0)
 	now = now.Add(interval)
 	for _, n := range []string{"a", "b", "new"} {
 		r := okProbe(n, 0)

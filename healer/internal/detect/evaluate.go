@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/dnspulse/dnspulse/healer/api"
-	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
 // evaluation is one judgment of every replica: the views of each, and the peers' summary.
@@ -34,6 +33,7 @@ type globalEpisode struct {
 // it on every burst of results.
 func (d *Detector) Evaluate(now time.Time) []Transition {
 	ev := d.prepare(now)
+	d.updateChecks(ev)
 	global, failing, ready := d.updateGlobal(ev)
 	var out []Transition
 	for i, n := range ev.names {
@@ -91,10 +91,7 @@ func (d *Detector) prepare(now time.Time) *evaluation {
 			pe.probeLat = append(pe.probeLat, float64(ev.ext[i].latency))
 		}
 		if r.hbCurrent() {
-			w := r.lastHB.Windows[heartbeat.Window1s]
-			pe.servfail = append(pe.servfail, w.ServfailRatio)
-			pe.nx = append(pe.nx, w.NXDomainRatio)
-			pe.p99 = append(pe.p99, float64(w.LatencyMicros.P99))
+			pe.add(r.lastHB, d.th.MinQueries)
 		}
 		if r.canaryMiss == 0 && !r.canaryOKAt.IsZero() && ev.ext[i].known {
 			pe.canaryOK.add(n, r.canaryOKAt)
@@ -111,22 +108,23 @@ func (d *Detector) prepare(now time.Time) *evaluation {
 			continue
 		}
 		m := time.Duration(mf)
-		if !d.outlier(e.latency, m) {
+		since := d.slowSince(e, m, now)
+		if since.IsZero() {
 			continue
 		}
 		e.failing = true
-		e.reasons = append(e.reasons, fmt.Sprintf("probe latency %s vs peers %s", e.latency.Round(time.Millisecond), m.Round(time.Millisecond)))
-		if e.since.IsZero() {
-			e.since = now
-			for _, o := range e.last {
-				if o.ok && d.outlier(o.latency, m) {
-					e.since = o.sent
-					break
-				}
-			}
+		e.reasons = append(e.reasons, fmt.Sprintf("probes slower than peers (%s) for %s, the latest %s",
+			m.Round(100*time.Microsecond), now.Sub(since).Round(time.Millisecond), e.lastAnswered().latency.Round(time.Millisecond)))
+		if e.since.IsZero() || since.Before(e.since) {
+			e.since = since
 		}
 	}
 	return ev
+}
+
+// isYoung says whether r became Ready less than the warm-up ago (R14).
+func (ev *evaluation) isYoung(r *evidence, young time.Duration) bool {
+	return r.readyAt.IsZero() || ev.now.Sub(r.readyAt) < young
 }
 
 // namesCurrent says whether names (sorted, as long as the replicas) are the replicas.

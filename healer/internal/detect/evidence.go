@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/dnspulse/dnspulse/healer/api"
 	"github.com/dnspulse/dnspulse/healer/internal/ewma"
 	"github.com/dnspulse/dnspulse/healer/internal/hbreader"
@@ -16,6 +18,9 @@ import (
 type evidence struct {
 	target replica.Target
 	state  api.State
+	// readyAt is when the detector first saw the replica Ready (zero: not yet): a replica
+	// Ready for less than the warm-up is young, and judged on hard evidence only (R14).
+	readyAt time.Time
 
 	probes []probeObs // by send time
 
@@ -42,33 +47,62 @@ func newEvidence(state api.State) *evidence {
 	return &evidence{answers: map[int]answerObs{}, mismatch: map[int]int{}, state: state}
 }
 
+// outcome classifies one probe.
+type outcome uint8
+
+const (
+	// answered in time, as the check expects
+	outcomeOK outcome = iota
+	// answered, but not as the check expects (rcode, exact answer): definite
+	outcomeWrong
+	// no answer yet (timed out, no late reply) or an error: may be a stall
+	outcomeSilent
+	// answered after its timeout: alive, but slow (or stalled a moment)
+	outcomeLate
+)
+
 type probeObs struct {
 	sent    time.Time
 	latency time.Duration
-	ok      bool
+	outcome outcome
+	rcode   int
+	ttl     time.Duration // the answer's smallest TTL
 	why     string
 	check   int // index of the check (probe.Result.Check)
 }
+
+// answered says whether the replica answered the probe at all (in time or late).
+func (o *probeObs) answered() bool { return o.outcome != outcomeSilent }
+
+// good is a probe that proves the replica serves: answered as expected, in time.
+func (o *probeObs) good() bool { return o.outcome == outcomeOK }
 
 type answerObs struct {
 	key string
 	at  time.Time
 }
 
-// ObserveProbe records one probe result.
+// ObserveProbe records one probe result (or the late reply to one already recorded).
 func (d *Detector) ObserveProbe(res probe.Result) {
 	r, ok := d.replicas[res.Replica]
 	if !ok || res.Late {
 		return // a probe the healer itself was too stalled to judge says nothing
 	}
-	o := probeObs{sent: res.Sent, latency: res.Latency, ok: res.OK(), check: res.Check}
+	if res.TTL > d.maxTTL[res.Check] {
+		d.maxTTL[res.Check] = res.TTL
+	}
+	if res.LateReply {
+		d.observeLateReply(r, res)
+		return
+	}
+	o := probeObs{sent: res.Sent, latency: res.Latency, check: res.Check, rcode: res.Rcode, ttl: res.TTL}
 	switch {
 	case res.Err != nil && res.Timeout:
-		o.why = fmt.Sprintf("probe timeout after %s", res.Latency.Round(time.Millisecond))
+		o.outcome, o.why = outcomeSilent, fmt.Sprintf("probe timeout after %s", res.Latency.Round(time.Millisecond))
 	case res.Err != nil:
-		o.why = "probe error: " + res.Err.Error()
+		o.outcome, o.why = outcomeSilent, "probe error: "+res.Err.Error()
 	case res.Failure != "":
-		o.why = d.checkName(res.Check) + ": " + res.Failure
+		o.outcome, o.why = outcomeWrong, d.checkName(res.Check)+": "+res.Failure
 	}
 	// Keep the results ordered by send time: a timeout arrives after later successes.
 	r.probes = append(r.probes, o)
@@ -78,15 +112,34 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	if keep := 4 * d.th.RecentProbes; len(r.probes) > 2*keep {
 		r.probes = append(r.probes[:0], r.probes[len(r.probes)-keep:]...)
 	}
-	if !o.ok {
+	if o.outcome != outcomeOK {
 		return
 	}
 	if res.Canary {
 		r.observeCanary(res)
 		return
 	}
-	if res.Check >= 0 && res.Check < len(d.checks) && d.checks[res.Check].Answers == nil {
+	if res.Check >= 0 && res.Check < len(d.checks) && d.checks[res.Check].Majority && d.checks[res.Check].Answers == nil {
 		d.observeAnswer(r, res)
+	}
+}
+
+// observeLateReply turns the timeout of the same probe into a late answer: the replica was
+// alive, only slow (R9, R10). A late reply that is wrong stays a failure.
+func (d *Detector) observeLateReply(r *evidence, res probe.Result) {
+	for i := len(r.probes) - 1; i >= 0; i-- {
+		o := &r.probes[i]
+		if o.check != res.Check || !o.sent.Equal(res.Sent) {
+			continue
+		}
+		if o.outcome == outcomeSilent {
+			o.latency, o.rcode, o.ttl = res.Latency, res.Rcode, res.TTL
+			o.outcome = outcomeLate
+			if res.Failure != "" {
+				o.outcome, o.why = outcomeWrong, d.checkName(res.Check)+": "+res.Failure
+			}
+		}
+		return
 	}
 }
 
@@ -128,4 +181,14 @@ func (d *Detector) checkName(i int) string {
 		return d.checks[i].String()
 	}
 	return fmt.Sprintf("check %d", i)
+}
+
+// fetchedAt is when the answer of o left its origin: a cache serves an answer with its TTL
+// counted down, so an answer whose TTL is below the longest seen for its check was fetched
+// that much earlier (R1: a cached answer is no witness of a fresh fault).
+func (d *Detector) fetchedAt(o *probeObs) time.Time {
+	if o.rcode != dns.RcodeSuccess || o.ttl == 0 {
+		return o.sent // no TTL to tell: taken as fresh
+	}
+	return o.sent.Add(-(d.maxTTL[o.check] - o.ttl))
 }

@@ -5,31 +5,57 @@ import (
 	"slices"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/dnspulse/dnspulse/healer/internal/config"
 )
 
+// maxChecks bounds the checks the detector tracks one by one; a healer has a handful.
+const maxChecks = 16
+
+// checkRun is one check's trailing run of failed probes on one replica (R9).
+type checkRun struct {
+	n        int       // probes in the run
+	first    time.Time // send time of its first probe
+	silent   bool      // some probe of the run got no answer at all
+	definite bool      // every probe of the run was answered wrong with the same rcode, not SERVFAIL
+	rcode    int
+	why      string // the latest probe's failure
+}
+
+// failing says whether the run fails the external view: MinFailures probes, and if any of
+// them may be a stall (no answer), spanning MinFailSpan by now.
+func (c *checkRun) failing(th *config.Thresholds, now time.Time) bool {
+	return c.n >= th.MinFailures && (!c.silent || now.Sub(c.first) >= th.MinFailSpan.D())
+}
+
 // externalView is what the probes say of one replica at one time.
 type externalView struct {
-	known   bool
+	known bool
+	// failing: R9 (hard) or R10 (latency, applied by Evaluate against the peers).
 	failing bool
+	hard    bool // failing on R9: timeouts or wrong answers, no comparison with peers
 	reasons []string
-	// since is the send time of the first failure among the recent probes.
+	// since is the send time of the first failure of the evidence.
 	since time.Time
-	// lastOK is the send time of the latest successful probe; lastFail of the latest
-	// failed one.
-	lastOK   time.Time
-	lastFail time.Time
-	// recovered: the latest RecoverSuccesses probes all succeeded.
+	// failCheck is the one check failing (R9), -1 when several are, or none.
+	failCheck int
+	// runs are the checks' trailing runs of failures, broken checks included.
+	runs [maxChecks]checkRun
+	// lastBad is the send time of the latest probe that was not a good answer.
+	lastBad time.Time
+	// recovered: the latest RecoverSuccesses probes all were good answers.
 	recovered bool
-	anyFail   bool
-	latency   time.Duration // median of recent successful probes; 0 if < 2
+	anyBad    bool
+	latency   time.Duration // median latency of the recent answered probes; 0 if < 2
 	last      []probeObs    // the RecentProbes latest, by send time (shares r.probes)
 }
 
-// judgeExternal judges the probes of r at now (failure rules R9; the latency rule R10 needs
-// the peers and is applied by Evaluate). It allocates only when it has a reason to give.
+// judgeExternal judges the probes of r at now by R9 (the latency rule R10 needs the peers
+// and is applied by Evaluate). broken lists the checks left out (R13). It allocates only
+// when it has a reason to give.
 func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
-	var e externalView
+	e := externalView{failCheck: -1}
 	i0 := len(r.probes)
 	for i0 > 0 && now.Sub(r.probes[i0-1].sent) <= d.th.Window.D() {
 		i0--
@@ -39,46 +65,74 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 		return e
 	}
 	e.known = true
-	for _, o := range recent {
-		if o.ok && o.sent.After(e.lastOK) {
-			e.lastOK = o.sent
+	var seen [maxChecks]bool
+	var closed [maxChecks]bool // the run of this check ended (a good or late probe came after)
+	for i := len(recent) - 1; i >= 0; i-- {
+		o := &recent[i]
+		if !o.good() && o.sent.After(e.lastBad) && !d.isBroken(o.check) {
+			e.lastBad = o.sent
 		}
-		if !o.ok && o.sent.After(e.lastFail) {
-			e.lastFail = o.sent
+		c := o.check
+		if c < 0 || c >= maxChecks || closed[c] {
+			continue
 		}
+		seen[c] = true
+		run := &e.runs[c]
+		if o.outcome == outcomeOK || o.outcome == outcomeLate {
+			closed[c] = true
+			continue
+		}
+		if run.n == 0 {
+			run.why, run.definite, run.rcode = o.why, o.outcome == outcomeWrong && o.rcode != dns.RcodeServerFailure, o.rcode
+		}
+		run.n++
+		run.first = o.sent
+		run.silent = run.silent || o.outcome == outcomeSilent
+		run.definite = run.definite && o.outcome == outcomeWrong && o.rcode == run.rcode
 	}
+	nfail := 0
+	for c := range e.runs {
+		run := &e.runs[c]
+		if !seen[c] || d.isBroken(c) || !run.failing(&d.th, now) {
+			continue
+		}
+		nfail++
+		e.failCheck = c
+		if e.since.IsZero() || run.first.Before(e.since) {
+			e.since = run.first
+		}
+		e.reasons = append(e.reasons, fmt.Sprintf("%d probes of %s failed in a row over %s (%s)",
+			run.n, d.checkName(c), now.Sub(run.first).Round(time.Millisecond), run.why))
+	}
+	if nfail > 1 {
+		e.failCheck = -1
+	}
+	e.failing, e.hard = nfail > 0, nfail > 0
+
 	last := recent[max(0, len(recent)-d.th.RecentProbes):]
 	e.last = last
-	fails := 0
 	var lats [config.MaxRecentProbes]time.Duration
 	nl := 0
 	for _, o := range last {
-		if o.ok {
+		if d.isBroken(o.check) {
+			continue // R13: a broken check says nothing of the replica
+		}
+		e.anyBad = e.anyBad || !o.good()
+		if o.answered() {
 			lats[nl] = o.latency
 			nl++
-			continue
-		}
-		fails++
-		if e.since.IsZero() {
-			e.since = o.sent
 		}
 	}
-	e.anyFail = fails > 0
-	if fails >= d.th.MinFailures && !last[len(last)-1].ok {
-		e.failing = true
-		e.reasons = append(e.reasons, fmt.Sprintf("%d of the last %d probes failed (%s)", fails, len(last), last[len(last)-1].why))
-	} else if c, n, nfail, why, since := d.failingCheck(recent); c >= 0 {
-		// R9: one check failing steadily (a broken upstream fails the forwarded name while
-		// cluster.local answers) alternates with the passing ones in the mixed sequence
-		// above and would never make the replica failing; judged per check it does.
-		e.failing = true
-		e.since = since
-		e.reasons = append(e.reasons, fmt.Sprintf("%d of the last %d probes of one check failed (%s)", nfail, n, why))
+	tail, n := recent, 0
+	for i := len(recent) - 1; i >= 0 && n < d.th.RecoverSuccesses; i-- {
+		if !d.isBroken(recent[i].check) {
+			tail = recent[i:]
+			n++
+		}
 	}
-	tail := recent[max(0, len(recent)-d.th.RecoverSuccesses):]
-	e.recovered = len(tail) >= d.th.RecoverSuccesses
+	e.recovered = n >= d.th.RecoverSuccesses
 	for _, o := range tail {
-		e.recovered = e.recovered && o.ok
+		e.recovered = e.recovered && (o.good() || d.isBroken(o.check))
 	}
 	if nl >= 2 {
 		l := lats[:nl]
@@ -88,42 +142,40 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 	return e
 }
 
-// maxChecksJudged bounds the distinct checks failingCheck looks at; a healer has a handful.
-const maxChecksJudged = 8
+// isBroken says whether check c is left out of the judgment (R13).
+func (d *Detector) isBroken(c int) bool { return c >= 0 && c < maxChecks && d.broken[c] }
 
-// failingCheck finds a check whose own latest RecentProbes results hold MinFailures
-// failures, the latest failing; it returns -1 when there is none. recent is in send order.
-func (d *Detector) failingCheck(recent []probeObs) (check, n, fails int, why string, since time.Time) {
-	var seen [maxChecksJudged]int
-	nseen := 0
-	for i := len(recent) - 1; i >= 0; i-- {
-		c := recent[i].check
-		if slices.Contains(seen[:nseen], c) {
-			continue
-		}
-		if nseen < len(seen) {
-			seen[nseen] = c
-			nseen++
-		}
-		if recent[i].ok {
-			continue // this check's latest result passed
-		}
-		n, fails, since = 0, 0, time.Time{}
-		for j := i; j >= 0 && n < d.th.RecentProbes; j-- {
-			if recent[j].check != c {
-				continue
-			}
-			n++
-			if !recent[j].ok {
-				fails++
-				since = recent[j].sent
-			}
-		}
-		if fails >= d.th.MinFailures {
-			return c, n, fails, recent[i].why, since
+// lastAnswered is the latest answered probe of the view (zero when none).
+func (e *externalView) lastAnswered() probeObs {
+	for i := len(e.last) - 1; i >= 0; i-- {
+		if e.last[i].answered() {
+			return e.last[i]
 		}
 	}
-	return -1, 0, 0, "", time.Time{}
+	return probeObs{}
+}
+
+// slowSince applies R10 to a view: the latest MinFailures answered probes all are latency
+// outliers against the peers' median m, and the run of outliers spans MinFailSpan. It
+// returns the send time of the run's first probe, or zero.
+func (d *Detector) slowSince(e *externalView, m time.Duration, now time.Time) time.Time {
+	n := 0
+	var first time.Time
+	for i := len(e.last) - 1; i >= 0; i-- {
+		o := &e.last[i]
+		if !o.answered() {
+			continue
+		}
+		if !d.outlier(o.latency, m) {
+			break
+		}
+		n++
+		first = o.sent
+	}
+	if n < d.th.MinFailures || now.Sub(first) < d.th.MinFailSpan.D() {
+		return time.Time{}
+	}
+	return first
 }
 
 // outlier is R10's test: above both the peers' median + LatencyMargin and LatencyFactor x

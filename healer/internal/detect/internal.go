@@ -2,6 +2,7 @@ package detect
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -11,15 +12,63 @@ import (
 
 // internalView is what the heartbeat says of one replica at one time.
 type internalView struct {
-	known   bool
-	gone    bool
+	known bool
+	gone  bool
+	// failing: the heartbeat itself says the replica is broken (stale seq, self-probe
+	// failing, pulse's own verdict), no comparison needed.
 	failing bool
-	reasons []string
-	suspect []string
+	// relFailing: worse than its peers (an error rcode, the latency, a query in flight).
+	relFailing bool
+	reasons    []string
+	suspect    []string
 }
 
-// judgeInternal judges r's heartbeat, comparing its 1 s window with the peers' (R10 for
-// latency, R12 for the SERVFAIL ratio; the NXDOMAIN ratio is a suspicion only, R8).
+// rcodeKind is one outcome whose share the internal view compares with the peers' (R12).
+type rcodeKind struct {
+	name  string // as the heartbeat spells it; "DROPPED" is Window.Dropped
+	error bool   // an error fails the view; NXDOMAIN is a suspicion only
+}
+
+var rcodeKinds = [...]rcodeKind{
+	{"SERVFAIL", true}, {"REFUSED", true}, {"NOTIMP", true}, {"FORMERR", true}, {"DROPPED", true}, {"NXDOMAIN", false},
+}
+
+func kindCount(w *heartbeat.Window, k int) uint64 {
+	if rcodeKinds[k].name == "DROPPED" {
+		return w.Dropped
+	}
+	return w.Rcodes[rcodeKinds[k].name]
+}
+
+// lowSourceEntropy: SERVFAIL answers whose client prefixes have less entropy than this come
+// from one client (or one node's pods): its queries, more likely than the replica.
+const lowSourceEntropy = 0.5
+
+// significance is ln(1/p) for the excess of an rcode to count: p < 0.01. A few errors
+// (4 of 50 against clean peers) are enough within a tick: the internal view alone never
+// degrades a replica, the probes must fail too.
+var significance = math.Log(100)
+
+// excess says whether e of n is significantly above the peers' E of N (Chernoff bound on
+// the binomial tail: n x KL(e/n || p) >= ln(1/p-value)), and by more than margin.
+func excess(e, n, pe, pn uint64, margin float64) bool {
+	if n == 0 || pn == 0 {
+		return false
+	}
+	q, p := float64(e)/float64(n), (float64(pe)+1)/(float64(pn)+2)
+	if q-float64(pe)/float64(pn) <= margin || q <= p {
+		return false
+	}
+	kl := q * math.Log(q/p)
+	if q < 1 {
+		kl += (1 - q) * math.Log((1-q)/(1-p))
+	}
+	return float64(n)*kl >= significance
+}
+
+// judgeInternal judges r's heartbeat (R12): the hard signals, then its 1 s window against the
+// peers' (every error rcode, NXDOMAIN as a suspicion, the latency by R10) and its oldest
+// query in flight against theirs. Comparisons need MinQueries on both sides.
 func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 	var in internalView
 	if r.target.PulseAddr == "" {
@@ -60,24 +109,85 @@ func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 		in.failing = true
 		in.reasons = append(in.reasons, "pulse verdict degraded: "+strings.Join(hb.Reasons, "; "))
 	}
-	w := hb.Windows[heartbeat.Window1s]
-	self := r.target.Ready // only ready replicas are in the peer lists
-	if m, ok := pe.servfail.peerMedian(w.ServfailRatio, self); ok && w.Rcodes["SERVFAIL"] > 0 && w.ServfailRatio > m+d.th.ServfailMargin {
-		in.failing = true
-		in.reasons = append(in.reasons, fmt.Sprintf("servfail ratio %.3f vs peers %.3f", w.ServfailRatio, m))
+	d.compareWindow(&in, r, pe)
+	d.compareInFlight(&in, r, pe)
+	return in
+}
+
+// compareWindow compares the replica's 1 s window with the pooled windows of its peers.
+func (d *Detector) compareWindow(in *internalView, r *evidence, pe *peerSummary) {
+	w := r.lastHB.Windows[heartbeat.Window1s]
+	minQ := uint64(d.th.MinQueries)
+	self := r.target.Ready && r.hbCurrent() // then its own window is in the pool
+	pn := pe.queries
+	if self {
+		pn -= w.Queries
 	}
-	if m, ok := pe.nx.peerMedian(w.NXDomainRatio, self); ok && w.NXDomainRatio > m+d.th.NXDomainMargin {
-		in.suspect = append(in.suspect, fmt.Sprintf("nxdomain ratio %.2f vs peers %.2f", w.NXDomainRatio, m))
-	}
-	if m, ok := pe.p99.peerMedian(float64(w.LatencyMicros.P99), self); ok {
-		peer := time.Duration(m) * time.Microsecond
-		own := time.Duration(w.LatencyMicros.P99) * time.Microsecond
-		if d.outlier(own, peer) {
-			in.failing = true
-			in.reasons = append(in.reasons, fmt.Sprintf("p99 %s vs peers %s", own.Round(time.Millisecond), peer.Round(time.Millisecond)))
+	if w.Queries >= minQ && pn >= minQ {
+		for k, kind := range rcodeKinds {
+			e, pool := kindCount(&w, k), pe.kinds[k]
+			if self {
+				pool -= e
+			}
+			margin := d.th.ErrorMargin
+			if !kind.error {
+				margin = d.th.NXDomainMargin
+			}
+			if !excess(e, w.Queries, pool, pn, margin) {
+				continue
+			}
+			why := fmt.Sprintf("%s %d of %d queries in 1s, peers %.3f", kind.name, e, w.Queries, float64(pool)/float64(pn))
+			switch {
+			case !kind.error:
+				in.suspect = append(in.suspect, why+" (a client's NXDOMAIN storm is not the replica's fault)")
+			case kind.name == "SERVFAIL" && w.ServfailSourceEntropy < lowSourceEntropy:
+				in.relFailing = true
+				in.reasons = append(in.reasons, why+fmt.Sprintf(", from one client prefix (source entropy %.2f bits)", w.ServfailSourceEntropy))
+			default:
+				in.relFailing = true
+				in.reasons = append(in.reasons, why)
+			}
 		}
 	}
-	return in
+	if w.Queries < minQ {
+		return
+	}
+	own := quantile(&w)
+	if m, ok := pe.latency.peerMedian(float64(own), r.target.Ready); ok {
+		peer := time.Duration(m) * time.Microsecond
+		if ownD := time.Duration(own) * time.Microsecond; d.outlier(ownD, peer) {
+			in.relFailing = true
+			in.reasons = append(in.reasons, fmt.Sprintf("latency (1s p99, or p90 under 100 queries) %s vs peers %s", ownD.Round(time.Millisecond), peer.Round(time.Millisecond)))
+		}
+	}
+}
+
+// quantile is the latency the internal view compares: p99, or p90 with under 100 queries
+// (the 99th percentile of a few dozen queries is their slowest one).
+func quantile(w *heartbeat.Window) uint64 {
+	if w.Queries < 100 {
+		return w.LatencyMicros.P90
+	}
+	return w.LatencyMicros.P99
+}
+
+// compareInFlight applies R10 to the age of the oldest query in flight: an upstream that
+// swallows queries shows there within a tick, long before forward gives up.
+func (d *Detector) compareInFlight(in *internalView, r *evidence, pe *peerSummary) {
+	f := r.lastHB.InFlight
+	if f == nil || f.Count == 0 {
+		return
+	}
+	self := r.target.Ready
+	m, ok := pe.oldest.peerMedian(float64(f.OldestMicros), self)
+	if !ok {
+		return
+	}
+	own, peer := time.Duration(f.OldestMicros)*time.Microsecond, time.Duration(m)*time.Microsecond
+	if d.outlier(own, peer) {
+		in.relFailing = true
+		in.reasons = append(in.reasons, fmt.Sprintf("%d queries in flight, the oldest for %s (peers %s)", f.Count, own.Round(time.Millisecond), peer.Round(time.Millisecond)))
+	}
 }
 
 // internalBad is a cheap look at a peer's heartbeat for witness duty (R1): the ratio

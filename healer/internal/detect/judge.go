@@ -27,24 +27,33 @@ func (d *Detector) judgeReady(ev *evaluation, i int) (api.State, []string, time.
 	if !e.known && !in.known {
 		return api.Unknown, nil, time.Time{}, false
 	}
+	// R14: a young replica (Ready for less than the warm-up: a cold cache, a watch just
+	// synced, a scale-up) is degraded only on hard evidence, never for being worse than its
+	// peers: being later than a peer to catch up with a shared event is not a fault.
+	young := ev.isYoung(r, d.young)
+	extFailing, inBad := e.failing, in.failing || in.gone || in.relFailing
+	if young {
+		extFailing, inBad = e.hard, in.failing || in.gone
+	}
 
 	// R2: stale data: the answer differs from the majority, persistently.
-	if m := r.mismatches(); m >= d.th.AnswerMismatches && now.Sub(r.mismatchSince) >= d.th.AnswerGrace.D() {
+	if m := r.mismatches(); !young && m >= d.th.AnswerMismatches && now.Sub(r.mismatchSince) >= d.th.AnswerGrace.D() {
 		return api.Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.mismatchWhy, m)}, r.mismatchSince, false
 	}
 	// R3: lost apiserver watch: the canary stays behind while a peer is fresh.
-	if r.canaryMiss >= d.th.CanaryMisses && ev.peers.canaryOK.latestExcept(name).After(r.canaryMissSince) {
+	if !young && r.canaryMiss >= d.th.CanaryMisses && ev.peers.canaryOK.latestExcept(name).After(r.canaryMissSince) {
 		return api.Degraded, []string{fmt.Sprintf("%s (%d in a row)", r.canaryWhy, r.canaryMiss)}, r.canaryMissSince, false
 	}
 	// R1: both views fail (or the internal one is gone), and a peer witnesses that the
 	// fault is this replica's alone; R5: not while a global failure is settling.
-	if e.failing && (in.failing || in.gone) && !now.Before(d.global.ended.Add(d.th.GlobalSettle.D())) && ev.witness(i, e.since) {
+	if extFailing && inBad && !now.Before(d.global.ended.Add(d.th.GlobalSettle.D())) && d.witness(ev, i, e.since) {
 		reasons := append(append([]string{}, e.reasons...), in.reasons...)
 		return api.Degraded, reasons, e.since, false
 	}
 	// R6: once degraded, a replica stays so until its probes have recovered: no flapping
-	// between degraded and suspect while the evidence thins out.
-	if r.state == api.Degraded && (!e.recovered || in.failing) {
+	// between degraded and suspect while the evidence thins out. Its heartbeat alone never
+	// keeps it degraded once the probes are clean.
+	if r.state == api.Degraded && !e.recovered {
 		reasons := append(append([]string{"not yet recovered"}, e.reasons...), in.reasons...)
 		return api.Degraded, reasons, e.since, false
 	}
@@ -52,10 +61,10 @@ func (d *Detector) judgeReady(ev *evaluation, i int) (api.State, []string, time.
 	// R8: any single signal is a suspicion, never degraded on its own.
 	var suspect []string
 	suspect = append(suspect, e.reasons...)
-	if e.anyFail && !e.failing {
+	if e.anyBad && !e.failing {
 		suspect = append(suspect, "recent probe failures")
 	}
-	if in.failing || in.gone && r.target.PulseAddr != "" {
+	if in.failing || in.relFailing || in.gone && r.target.PulseAddr != "" {
 		suspect = append(suspect, in.reasons...)
 	}
 	suspect = append(suspect, in.suspect...)

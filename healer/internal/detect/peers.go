@@ -3,23 +3,44 @@ package detect
 import (
 	"slices"
 	"time"
+
+	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
 // peerSummary is what every replica is compared with, computed once per evaluation from
 // the ready replicas.
 type peerSummary struct {
-	probeLat          sortedVals // recent probe latency (ns) of ready replicas with one
-	servfail, nx, p99 sortedVals // 1 s window of ready replicas with a current heartbeat
-	canaryOK          top2       // canaryOKAt of ready replicas whose canary is fresh
+	probeLat sortedVals // recent probe latency (ns) of ready replicas with one
+	latency  sortedVals // 1 s window latency (µs, see quantile) of ready replicas with MinQueries
+	oldest   sortedVals // oldest query in flight (µs) of ready replicas that report it
+	// The pooled 1 s windows of the ready replicas with a current heartbeat.
+	queries  uint64
+	kinds    [len(rcodeKinds)]uint64
+	canaryOK top2 // canaryOKAt of ready replicas whose canary is fresh
 }
 
 func (pe *peerSummary) reset() {
-	pe.probeLat, pe.servfail, pe.nx, pe.p99 = pe.probeLat[:0], pe.servfail[:0], pe.nx[:0], pe.p99[:0]
-	pe.canaryOK = top2{}
+	pe.probeLat, pe.latency, pe.oldest = pe.probeLat[:0], pe.latency[:0], pe.oldest[:0]
+	pe.queries, pe.kinds, pe.canaryOK = 0, [len(rcodeKinds)]uint64{}, top2{}
+}
+
+// add pools one ready replica's heartbeat.
+func (pe *peerSummary) add(hb *heartbeat.Heartbeat, minQueries int) {
+	w := hb.Windows[heartbeat.Window1s]
+	pe.queries += w.Queries
+	for k := range rcodeKinds {
+		pe.kinds[k] += kindCount(&w, k)
+	}
+	if w.Queries >= uint64(minQueries) {
+		pe.latency = append(pe.latency, float64(quantile(&w)))
+	}
+	if hb.InFlight != nil {
+		pe.oldest = append(pe.oldest, float64(hb.InFlight.OldestMicros))
+	}
 }
 
 func (pe *peerSummary) sort() {
-	for _, s := range []sortedVals{pe.probeLat, pe.servfail, pe.nx, pe.p99} {
+	for _, s := range []sortedVals{pe.probeLat, pe.latency, pe.oldest} {
 		slices.Sort(s)
 	}
 }
@@ -74,29 +95,37 @@ func (t *top2) latestExcept(name string) time.Time {
 }
 
 // witnessSlack: a peer's success counts as proof that the fault is this replica's only
-// when it was sent a little after this replica's first failure, so that a fault that hits
-// every replica within a few milliseconds of each other (an upstream outage) is not taken
-// for a local one.
+// when it was sent (and its answer fetched) a little after this replica's first failure, so
+// that a fault that hits every replica within a few milliseconds of each other (an upstream
+// outage) is not taken for a local one.
 const witnessSlack = 5 * time.Millisecond
 
 // witnessClean: a witness must have failed no probe sent from this long before the
 // replica's first failure on.
 const witnessClean = 20 * time.Millisecond
 
-// witness says whether a ready peer proves that a fault of replica i starting at 'since'
-// is local (R1): the peer answered a probe sent after it, failed none sent from shortly
-// before it on, and its own heartbeat is fine. A host or network hiccup that touches every
-// replica within a few milliseconds (an overloaded node, an upstream outage reaching each
-// replica's next query) leaves no such witness, so it is never taken for one replica's
-// fault.
-func (ev *evaluation) witness(i int, since time.Time) bool {
+// witness says whether a ready peer proves that a fault of replica i starting at 'since' is
+// local (R1): the peer answered, well, a probe of the failing check (any check when
+// several fail) sent after it, with an answer fetched after it (a cached answer only proves
+// the cache), failed none sent from shortly before it on, and its own heartbeat is fine. A
+// host or network hiccup that touches every replica within a few milliseconds, or an
+// upstream outage that reaches each replica when its cache entry expires, leaves no such
+// witness, so it is never taken for one replica's fault.
+func (d *Detector) witness(ev *evaluation, i int, since time.Time) bool {
+	check := ev.ext[i].failCheck
 	for j, r := range ev.replicas {
 		pe := &ev.ext[j]
-		if j == i || !r.target.Ready || !pe.known || pe.failing || r.internalBad() {
+		if j == i || !r.target.Ready || !pe.known || pe.failing || r.internalBad() || !pe.lastBad.Before(since.Add(-witnessClean)) {
 			continue
 		}
-		if pe.lastOK.After(since.Add(witnessSlack)) && pe.lastFail.Before(since.Add(-witnessClean)) {
-			return true
+		for k := len(pe.last) - 1; k >= 0; k-- {
+			o := &pe.last[k]
+			if !o.sent.After(since.Add(witnessSlack)) {
+				break
+			}
+			if o.good() && (check < 0 || o.check == check) && d.fetchedAt(o).After(since) {
+				return true
+			}
 		}
 	}
 	return false

@@ -2,11 +2,14 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/audit"
+	"github.com/dnspulse/dnspulse/healer/internal/detect"
 	"github.com/dnspulse/dnspulse/healer/internal/replica"
 )
 
@@ -46,7 +49,7 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 		switch tr.To {
 		case api.Degraded:
 			r.reasons, r.degradedSince = tr.Reasons, tr.At
-			e.mode.Notifier.Notify(r.target, api.ReasonReplicaDegraded, strings.Join(tr.Reasons, "; "))
+			e.degradedEvent(r, tr)
 		case api.Global:
 			e.mode.Notifier.Notify(r.target, api.ReasonGlobalDNSFailure, strings.Join(tr.Reasons, "; "))
 		}
@@ -55,8 +58,43 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 			r.guard.forget()
 		}
 	}
+	e.checkChanges()
 	e.global()
 	e.remediate(ctx, now)
+}
+
+// degradedEvent announces an entry into degraded: a ReplicaDegraded Event, or, for a replica
+// that keeps entering it (flapping), one ReplicaFlapping Event per flap window instead of
+// a storm of them. The audit log keeps every transition.
+func (e *Engine) degradedEvent(r *replicaState, tr detect.Transition) {
+	g := e.cfg.Guards
+	if !r.enterDegraded(tr.At, g.FlapCount, g.FlapWindow.D()) {
+		e.mode.Notifier.Notify(r.target, api.ReasonReplicaDegraded, strings.Join(tr.Reasons, "; "))
+		return
+	}
+	if !r.flapNotified.IsZero() && tr.At.Sub(r.flapNotified) < g.FlapWindow.D() {
+		return
+	}
+	r.flapNotified = tr.At
+	msg := fmt.Sprintf("entered degraded %d times within %s: flapping is a fault, remediated without waiting --remediate-after (every other guard applies); latest: %s",
+		len(r.entries), g.FlapWindow.D(), strings.Join(tr.Reasons, "; "))
+	e.mode.Notifier.Notify(r.target, api.ReasonReplicaFlapping, msg)
+	e.cfg.Audit.Info(audit.EventFlapping, msg, map[string]any{"replica": r.target.Name, "entries": len(r.entries)})
+}
+
+// checkChanges reports the checks that became broken (R13) or good again: an audit line, a
+// metric and an Event on the healer's pod.
+func (e *Engine) checkChanges() {
+	for _, c := range e.det.CheckChanges() {
+		e.cfg.Audit.Info(audit.EventCheck, c.Why, map[string]any{"check": c.Check, "broken": c.Broken})
+		e.cfg.Metrics.SetCheckBroken(c.Check, c.Broken)
+		if c.Broken {
+			e.log.Warn("check misconfigured", "check", c.Check, "why", c.Why)
+			e.mode.Notifier.NotifyHealer(api.ReasonCheckMisconfigured, c.Check+": "+c.Why)
+		} else {
+			e.log.Info("check good again", "check", c.Check)
+		}
+	}
 }
 
 // mayBoost bounds the replicas probed faster at once (a tenth of them, at least two), so
@@ -128,7 +166,8 @@ func (e *Engine) remediate(ctx context.Context, now time.Time) {
 		if !counted {
 			f, counted = e.fleetNow(), true
 		}
-		d := e.guards.check(now, candidate{target: r.target, degradedSince: r.degradedSince, readySince: r.readyAt, g: &r.guard}, f)
+		flapping := r.flapping(now, e.cfg.Guards.FlapCount, e.cfg.Guards.FlapWindow.D())
+		d := e.guards.check(now, candidate{target: r.target, degradedSince: r.degradedSince, readySince: r.readyAt, flapping: flapping, g: &r.guard}, f)
 		if d.wait {
 			continue
 		}

@@ -115,7 +115,7 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 		cfg: cfg, mode: mode, log: cfg.Logger, now: cfg.Now,
 		probeCh: probeCh, readCh: readCh, probes: probes,
 		reads:    hbreader.NewPool(cfg.Heartbeat, readCh),
-		det:      detect.New(cfg.Thresholds, probes.Checks()),
+		det:      detect.New(cfg.Thresholds, probes.Checks(), cfg.Guards.WarmUp.D()),
 		guards:   newGuards(cfg.Guards),
 		replicas: map[string]*replicaState{},
 		outcomes: make(chan outcome, 1),
@@ -125,6 +125,7 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 type nopNotifier struct{}
 
 func (nopNotifier) Notify(replica.Target, api.Reason, string) {}
+func (nopNotifier) NotifyHealer(api.Reason, string)           {}
 
 // minEvalGap bounds how often the detector judges every replica: results arriving
 // closer together are judged together (it costs at most this much detection latency).

@@ -15,6 +15,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnspulse/dnspulse/healer/api"
 	"github.com/dnspulse/dnspulse/healer/audit"
 	"github.com/dnspulse/dnspulse/healer/internal/check"
 	"github.com/dnspulse/dnspulse/healer/internal/config"
@@ -113,6 +114,12 @@ func (s *syncBuffer) String() string {
 
 func runEngine(t *testing.T, fakes []*fakeReplica, rem replica.Remediator, gate LeaderGate) (*syncBuffer, context.CancelFunc) {
 	t.Helper()
+	return runEngineWith(t, fakes, rem, gate, nil, nil)
+}
+
+// runEngineWith is runEngine with the guards changed by tune and Events to n.
+func runEngineWith(t *testing.T, fakes []*fakeReplica, rem replica.Remediator, gate LeaderGate, tune func(*config.Guards), n replica.Notifier) (*syncBuffer, context.CancelFunc) {
+	t.Helper()
 	var ts []replica.Target
 	for _, f := range fakes {
 		ts = append(ts, f.target)
@@ -120,11 +127,15 @@ func runEngine(t *testing.T, fakes []*fakeReplica, rem replica.Remediator, gate 
 	ck, _ := check.Parse("probe.test/A")
 	buf := &syncBuffer{}
 	def := config.Default()
+	guards := config.Guards{MinAvailable: 1, MaxDegraded: 1, Cooldown: config.D(time.Hour), GlobalCooldown: config.D(time.Hour),
+		RetryBackoff: config.D(time.Second), RetryBackoffMax: config.D(time.Second), FlapCount: 3, FlapWindow: config.D(time.Minute)}
+	if tune != nil {
+		tune(&guards)
+	}
 	e, err := New(Config{
 		Checks: []check.Check{ck}, Probe: def.Probe, Heartbeat: def.Heartbeat, Thresholds: def.Thresholds,
-		Guards: config.Guards{MinAvailable: 1, MaxDegraded: 1, Cooldown: config.D(time.Hour), GlobalCooldown: config.D(time.Hour), RetryBackoff: config.D(time.Second), RetryBackoffMax: config.D(time.Second)},
-		Audit:  audit.New(buf), Metrics: metrics.New(func() float64 { return 0 }),
-	}, Mode{Name: "test", Discovery: static.NewDiscovery(ts), Remediator: rem, Leader: gate})
+		Guards: guards, Audit: audit.New(buf), Metrics: metrics.New(func() float64 { return 0 }),
+	}, Mode{Name: "test", Discovery: static.NewDiscovery(ts), Remediator: rem, Leader: gate, Notifier: n})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,5 +232,69 @@ func TestEngineFollowerNeverActs(t *testing.T) {
 	})
 	if got := rem.names(); len(got) != 0 {
 		t.Errorf("a follower remediated %v", got)
+	}
+}
+
+// recordingNotifier keeps the Event reasons per replica.
+type recordingNotifier struct {
+	mu      sync.Mutex
+	reasons map[string][]api.Reason
+}
+
+func (n *recordingNotifier) Notify(t replica.Target, reason api.Reason, _ string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.reasons == nil {
+		n.reasons = map[string][]api.Reason{}
+	}
+	n.reasons[t.Name] = append(n.reasons[t.Name], reason)
+}
+
+func (n *recordingNotifier) NotifyHealer(api.Reason, string) {}
+
+func (n *recordingNotifier) count(name string, r api.Reason) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, x := range n.reasons[name] {
+		if x == r {
+			c++
+		}
+	}
+	return c
+}
+
+// A replica that hangs briefly, again and again, never stays degraded as long as
+// --remediate-after; flapping is a fault all the same: it is remediated once it entered
+// degraded FlapCount times, and the repeats are one ReplicaFlapping Event, not a storm.
+func TestFlappingReplicaIsRemediated(t *testing.T) {
+	fakes := []*fakeReplica{newFakeReplica(t, "a"), newFakeReplica(t, "b"), newFakeReplica(t, "c")}
+	rem := &recordingRemediator{}
+	n := &recordingNotifier{}
+	buf, _ := runEngineWith(t, fakes, rem, nil, func(g *config.Guards) { g.RemediateAfter = config.D(time.Hour) }, n)
+	entries := func() int {
+		return strings.Count(buf.String(), `"replica":"b","from":"suspect","to":"degraded"`) + strings.Count(buf.String(), `"replica":"b","from":"healthy","to":"degraded"`)
+	}
+	for i := 1; len(rem.names()) == 0; i++ {
+		if i > 10 {
+			t.Fatalf("a replica degraded %d times was never remediated", entries())
+		}
+		want := entries() + 1
+		fakes[1].broken.Store(true)
+		waitFor(t, func() bool { return entries() >= want })
+		fakes[1].broken.Store(false)
+		waitFor(t, func() bool { return lastState(buf.String(), "b") == "healthy" || len(rem.names()) > 0 })
+	}
+	if got := rem.names(); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("remediations %v, want [b]", got)
+	}
+	if e := entries(); e < 3 {
+		t.Errorf("remediated after %d entries into degraded, want 3 (FlapCount)", e)
+	}
+	if got := n.count("b", api.ReasonReplicaFlapping); got != 1 {
+		t.Errorf("%d ReplicaFlapping Events, want 1", got)
+	}
+	if got := n.count("b", api.ReasonReplicaDegraded); got != 2 {
+		t.Errorf("%d ReplicaDegraded Events, want 2 (the entries before it was flapping)", got)
 	}
 }

@@ -56,7 +56,10 @@ type candidate struct {
 	target        replica.Target
 	degradedSince time.Time
 	readySince    time.Time // first seen Ready; zero: never
-	g             *replicaGuard
+	// flapping: the replica entered degraded FlapCount times within FlapWindow; it has
+	// proven its fault and does not wait RemediateAfter (G1).
+	flapping bool
+	g        *replicaGuard
 }
 
 // guards remembers the actions in flight and overall, and decides whether one more is
@@ -73,7 +76,7 @@ func newGuards(cfg config.Guards) *guards { return &guards{cfg: cfg} }
 func (g *guards) check(now time.Time, c candidate, f fleet) decision {
 	t, cfg := c.target, g.cfg
 	switch {
-	case now.Sub(c.degradedSince) < cfg.RemediateAfter.D():
+	case !c.flapping && now.Sub(c.degradedSince) < cfg.RemediateAfter.D():
 		return decision{wait: true, guard: guardRemediateAfter, why: fmt.Sprintf("degraded for %s, acting after %s", now.Sub(c.degradedSince), cfg.RemediateAfter.D())}
 	case !t.Ready:
 		return decision{guard: guardReady, why: "replica is not Ready: it is not serving, nothing to gain"}

@@ -26,6 +26,34 @@ type replicaState struct {
 	// boostedUntil: the replica is probed and read faster until then.
 	boostedUntil time.Time
 	guard        replicaGuard
+	// entries are the times it entered degraded within the flap window; flapNotified when
+	// its flapping was last announced (one Event per window, not one per entry).
+	entries      []time.Time
+	flapNotified time.Time
+}
+
+// enterDegraded records an entry into degraded at now and says whether the replica is
+// flapping: FlapCount entries within FlapWindow.
+func (r *replicaState) enterDegraded(now time.Time, count int, window time.Duration) bool {
+	kept := r.entries[:0]
+	for _, t := range r.entries {
+		if now.Sub(t) < window {
+			kept = append(kept, t)
+		}
+	}
+	r.entries = append(kept, now)
+	return len(r.entries) >= count
+}
+
+// flapping says whether the replica entered degraded FlapCount times within the window.
+func (r *replicaState) flapping(now time.Time, count int, window time.Duration) bool {
+	n := 0
+	for _, t := range r.entries {
+		if now.Sub(t) < window {
+			n++
+		}
+	}
+	return n >= count
 }
 
 // sync re-reads the discovered replicas and follows their changes.
@@ -62,7 +90,7 @@ func (e *Engine) sync(ctx context.Context) {
 		}
 	}
 	e.order = order
-	e.det.SetTargets(ts)
+	e.det.SetTargets(ts, now)
 	e.probes.Sync(ctx, ts)
 	e.reads.Sync(ctx, ts)
 	e.warnProbeBudget(len(ts))

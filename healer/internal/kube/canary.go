@@ -56,11 +56,21 @@ type canary struct {
 	// knownSince is when this healer first learned a value. Older values it never saw (a
 	// previous leader's) may have been replaced just before: they get MaxLag from here.
 	knownSince time.Time
+	// apiTrouble: a write or read of the Service failed since the last confirmed value. The
+	// apiserver (or the way to it) was in trouble, and the replicas' watches with it: the
+	// value replaced next gets recoveryGrace on top of MaxLag (R3).
+	apiTrouble bool
 }
+
+// recoveryGrace is the extra lag allowed for a value replaced right after the apiserver
+// was unreachable: CoreDNS's watches reconnect with backoff, seconds apart, and being later
+// than a peer to recover from a shared event is not a fault.
+const recoveryGrace = 30 * time.Second
 
 type pastValue struct {
 	value      string
 	replacedAt time.Time
+	grace      time.Duration // extra lag allowed beyond MaxLag
 }
 
 func newCanary(client kubernetes.Interface, cfg config.Canary, clusterDomain string, leader *leadership, clk clock.WithTicker, log *slog.Logger, audit AuditFunc) *canary {
@@ -74,8 +84,10 @@ func newCanary(client kubernetes.Interface, cfg config.Canary, clusterDomain str
 // Question is the canary Service's name, asked with type CNAME.
 func (c *canary) Question() string { return c.question }
 
-// Accept says whether a CNAME target seen at 'at' is fresh enough.
-func (c *canary) Accept(target string, at time.Time) (bool, string) {
+// Accept says whether a CNAME target seen at 'at' is fresh enough. A cache (CoreDNS's
+// cache plugin in front of kubernetes) may serve the previous value for as long as its TTL
+// says: the lag allowed is MaxLag plus the answer's TTL (R3).
+func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, string) {
 	t := normalizeName(target)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -93,19 +105,19 @@ func (c *canary) Accept(target string, at time.Time) (bool, string) {
 		if h.value != t {
 			continue
 		}
-		lag := at.Sub(h.replacedAt)
-		if lag < maxLag {
+		lag, allowed := at.Sub(h.replacedAt), maxLag+ttl+h.grace
+		if lag < allowed {
 			return true, ""
 		}
-		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v): stale data, the replica's watch on the API is behind",
-			t, lag.Round(time.Millisecond), c.current, maxLag)
+		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v, answer TTL %v): stale data, the replica's watch on the API is behind",
+			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
 	}
 	n, ok := canaryCounter(t)
 	if ok && n > c.counter {
 		// Written by the leader after this healer last read the Service: newer, so fresh.
 		return true, "answer is newer than the last canary value this healer saw"
 	}
-	if ok && at.Sub(c.knownSince) < maxLag {
+	if ok && at.Sub(c.knownSince) < maxLag+ttl {
 		return true, "answer predates this healer's first canary value; within max lag of learning it"
 	}
 	if t == "" {
@@ -234,15 +246,19 @@ func (c *canary) confirm(svc *corev1.Service, n uint64) {
 	if v == c.current {
 		return
 	}
+	var grace time.Duration
+	if c.apiTrouble {
+		grace, c.apiTrouble = recoveryGrace, false
+	}
 	if c.current != "" {
-		c.history = append(c.history, pastValue{value: c.current, replacedAt: now})
+		c.history = append(c.history, pastValue{value: c.current, replacedAt: now, grace: grace})
 	} else {
 		c.knownSince = now
 	}
 	// Unconfirmed writes are older than this one: if they landed, they are replaced now.
 	for p := range c.pending {
 		if p != v {
-			c.history = append(c.history, pastValue{value: p, replacedAt: now})
+			c.history = append(c.history, pastValue{value: p, replacedAt: now, grace: grace})
 		}
 		delete(c.pending, p)
 	}
@@ -270,6 +286,9 @@ func (c *canary) followOnce(ctx context.Context) {
 	if err != nil {
 		if !apierrors.IsNotFound(err) && ctx.Err() == nil {
 			c.log.Warn("canary: reading the Service as a follower", "service", c.ref(), "err", err)
+			c.mu.Lock()
+			c.apiTrouble = true
+			c.mu.Unlock()
 		}
 		return
 	}
@@ -284,6 +303,9 @@ func (c *canary) followOnce(ctx context.Context) {
 }
 
 func (c *canary) fail(op string, err error) {
+	c.mu.Lock()
+	c.apiTrouble = true
+	c.mu.Unlock()
 	c.log.Warn("canary: "+op+" failed; the current value stays current (no replica is judged stale for it)", "service", c.ref(), "err", err)
 	c.audit(audit.EventCanary, map[string]any{"service": c.ref(), "op": op, "error": err.Error()})
 }

@@ -53,7 +53,7 @@ func TestTwoHealersOneLeader(t *testing.T) {
 	// The follower learns the leader's value by reading the Service on its own ticker.
 	eventually(t, "healer-2 follows the canary", func() bool {
 		clk2.Step(5 * time.Second)
-		ok, why := m2.Freshness().Accept(v, clk2.Now())
+		ok, why := m2.Freshness().Accept(v, clk2.Now(), 0)
 		return ok && why == ""
 	})
 	if m2.IsLeader() {

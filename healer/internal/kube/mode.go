@@ -35,6 +35,8 @@ import (
 	"os"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -131,7 +133,7 @@ func NewWithClient(ctx context.Context, cfg config.Kubernetes, opts Options, cli
 		leader.set(true)
 	}
 	m := &Mode{cfg: cfg, identity: opts.Identity, leader: leader, watches: inf, log: log, audit: opts.Audit}
-	m.notifier = &notifier{recorder: recorder, namespace: cfg.Namespace, pods: inf.pods}
+	m.notifier = &notifier{recorder: recorder, namespace: cfg.Namespace, pods: inf.pods, self: selfPod(), log: log}
 	replacements := newReplacements(inf.pods, m.notifier, opts.Audit, opts.Clock, log)
 	m.discovery, err = newDiscovery(inf, opts.PulsePort, replacements, log)
 	if err != nil {
@@ -172,6 +174,15 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster config (give --kubeconfig outside a cluster): %w", err)
 	}
 	return rc, nil
+}
+
+// selfPod is a reference to the healer's own pod, from the downward API, or nil.
+func selfPod() *corev1.Pod {
+	name, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if name == "" || ns == "" {
+		return nil
+	}
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 }
 
 func defaultIdentity() string {

@@ -1,6 +1,8 @@
 package kube
 
 import (
+	"log/slog"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -15,6 +17,19 @@ type notifier struct {
 	recorder  events.EventRecorder
 	namespace string
 	pods      *podLister
+	// self is the healer's own pod ($POD_NAME in $POD_NAMESPACE, from the downward API);
+	// nil when unknown: NotifyHealer then only logs.
+	self *corev1.Pod
+	log  *slog.Logger
+}
+
+// NotifyHealer records an event about the healer's configuration on its own pod.
+func (n *notifier) NotifyHealer(reason api.Reason, message string) {
+	if n.self == nil {
+		n.log.Warn("healer event (no $POD_NAME/$POD_NAMESPACE to record it on)", "reason", reason, "message", message)
+		return
+	}
+	n.event(n.self, reason, message)
 }
 
 // Notify records a state or an action on the target's pod.

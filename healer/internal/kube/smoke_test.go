@@ -213,7 +213,7 @@ func TestSmokeRealAPIServer(t *testing.T) {
 			return false
 		}
 		n, _ := canaryCounter(svc.Spec.ExternalName)
-		ok, _ := m.Freshness().Accept(svc.Spec.ExternalName+".", time.Now())
+		ok, _ := m.Freshness().Accept(svc.Spec.ExternalName+".", time.Now(), 0)
 		return n >= 2 && ok
 	})
 

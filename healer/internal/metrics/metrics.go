@@ -30,6 +30,7 @@ type Metrics struct {
 	Remediations     *prometheus.CounterVec   // action, result
 	DetectionLatency prometheus.Histogram
 	ProbesSkipped    prometheus.CounterFunc
+	CheckBroken      *prometheus.GaugeVec // check
 }
 
 // New registers every metric on a fresh registry. skipped reports probes not sent (qps cap).
@@ -78,8 +79,12 @@ func New(skipped func() float64) *Metrics {
 			Help: "Probes not sent because of --max-probe-qps or too many in flight.",
 		}, skipped),
 	}
+	m.CheckBroken = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "check_broken",
+		Help: "1 while a check is answered wrong the same way by every replica: a misconfigured check, left out of the judgment.",
+	}, []string{"check"})
 	reg.MustRegister(m.ProbeLatency, m.Probes, m.Pulses, m.HeartbeatInvalid, m.State, m.Transitions,
-		m.Remediations, m.DetectionLatency, m.ProbesSkipped)
+		m.Remediations, m.DetectionLatency, m.ProbesSkipped, m.CheckBroken)
 	return m
 }
 
@@ -92,6 +97,15 @@ func (m *Metrics) SetState(replica string, state api.State) {
 		}
 		m.State.WithLabelValues(replica, string(s)).Set(v)
 	}
+}
+
+// SetCheckBroken sets the check's broken gauge.
+func (m *Metrics) SetCheckBroken(check string, broken bool) {
+	v := 0.0
+	if broken {
+		v = 1
+	}
+	m.CheckBroken.WithLabelValues(check).Set(v)
 }
 
 // Forget drops a replica that is gone.

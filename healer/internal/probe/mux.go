@@ -34,8 +34,21 @@ type udpMux struct {
 
 	mu      sync.Mutex
 	pending map[uint16]chan *dns.Msg
-	closed  bool
+	// late are probes that timed out but whose reply is still awaited for lateWindow: a
+	// reply that comes late proves the replica alive (a stall, not a hang) and how slow.
+	late   map[uint16]lateWait
+	closed bool
 }
+
+// lateWait is a timed-out probe still listening for its reply.
+type lateWait struct {
+	question dns.Question
+	until    time.Time
+	reply    func(*dns.Msg, time.Time)
+}
+
+// lateWindow is how long after its timeout a probe's reply is still taken as a late reply.
+const lateWindow = time.Second
 
 func dialMux(addr string) (*udpMux, error) {
 	raddr, err := net.ResolveUDPAddr("udp", addr)
@@ -46,7 +59,7 @@ func dialMux(addr string) (*udpMux, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &udpMux{conn: conn, pending: make(map[uint16]chan *dns.Msg)}
+	m := &udpMux{conn: conn, pending: make(map[uint16]chan *dns.Msg), late: make(map[uint16]lateWait)}
 	go m.readLoop()
 	return m, nil
 }
@@ -78,20 +91,30 @@ func (m *udpMux) readLoop() {
 		if err := reply.Unpack(buf[:n]); err != nil {
 			continue // a mangled datagram matches no probe; the probe times out
 		}
+		now := time.Now()
 		m.mu.Lock()
 		ch, ok := m.pending[reply.Id]
 		if ok {
 			delete(m.pending, reply.Id)
 		}
+		lw, late := m.late[reply.Id]
+		if late {
+			delete(m.late, reply.Id)
+		}
 		m.mu.Unlock()
-		if ok {
+		switch {
+		case ok:
 			ch <- reply // buffered 1, sent once: never blocks
+		case late && now.Before(lw.until) && sameQuestion(reply, lw.question):
+			lw.reply(reply, now)
 		}
 	}
 }
 
 // exchange sends q (its ID is overwritten) and waits for the reply to it until ctx ends.
-func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+// When it times out, onLate (if not nil) still gets the reply should it come within
+// lateWindow, with the time it arrived.
+func (m *udpMux) exchange(ctx context.Context, q *dns.Msg, onLate func(*dns.Msg, time.Time)) (*dns.Msg, error) {
 	ch := make(chan *dns.Msg, 1)
 	m.mu.Lock()
 	if m.closed {
@@ -99,8 +122,16 @@ func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		return nil, net.ErrClosed
 	}
 	id := uint16(rand.Uint32())
-	for _, taken := m.pending[id]; taken; _, taken = m.pending[id] {
-		id++
+	for taken := true; taken; id++ {
+		_, pend := m.pending[id]
+		lw, late := m.late[id]
+		if late && time.Now().After(lw.until) {
+			delete(m.late, id) // expired: the ID is free again
+			late = false
+		}
+		if taken = pend || late; !taken {
+			break
+		}
 	}
 	q.Id = id
 	m.pending[id] = ch
@@ -125,8 +156,7 @@ func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	for {
 		select {
 		case reply := <-ch:
-			if len(reply.Question) != 1 || !strings.EqualFold(reply.Question[0].Name, q.Question[0].Name) ||
-				reply.Question[0].Qtype != q.Question[0].Qtype {
+			if !sameQuestion(reply, q.Question[0]) {
 				// A reply to an earlier probe that reused this ID after it timed out.
 				m.mu.Lock()
 				m.pending[id] = ch
@@ -153,11 +183,24 @@ func (m *udpMux) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 				forget()
 				return nil, ErrLate
 			case <-grace.C:
-				forget()
+				m.mu.Lock()
+				if m.pending[id] == ch {
+					delete(m.pending, id)
+					if onLate != nil && !m.closed {
+						m.late[id] = lateWait{question: q.Question[0], until: time.Now().Add(lateWindow), reply: onLate}
+					}
+				}
+				m.mu.Unlock()
 				return nil, errTimeout
 			}
 		}
 	}
+}
+
+// sameQuestion says whether reply answers q (an ID reused after a timeout may bring the
+// reply to an earlier probe).
+func sameQuestion(reply *dns.Msg, q dns.Question) bool {
+	return len(reply.Question) == 1 && strings.EqualFold(reply.Question[0].Name, q.Name) && reply.Question[0].Qtype == q.Qtype
 }
 
 // exchangeTCP is the retry of a truncated answer.

@@ -37,9 +37,16 @@ type Result struct {
 	Err     error
 	Timeout bool
 	Late    bool
-	Rcode   int
+	// LateReply: the reply to a probe that already timed out (reported before, with the
+	// same Check and Sent) came after all, Latency after it was sent: the replica is alive
+	// but slow, or was stalled (docs/design.md, R9).
+	LateReply bool
+	Rcode     int
 	// AnswerKey is the answer set, canonical (see check.AnswerKey).
 	AnswerKey string
+	// TTL is the smallest TTL of the answer records (0 without any): how long a cache may
+	// still serve it, which tells a cached answer from a fresh one.
+	TTL time.Duration
 	// TCP says the UDP answer was truncated and the result is the TCP retry's.
 	TCP bool
 	// Failure says what is wrong with the reply by the check's own expectation; "" when
@@ -178,7 +185,12 @@ func (pr *prober) probe(mux *udpMux, i int) {
 	pctx, cancel := context.WithTimeout(ctx, pr.Timeout.Get())
 	defer cancel()
 	sent := time.Now()
-	reply, err := mux.exchange(pctx, q)
+	reply, err := mux.exchange(pctx, q, func(reply *dns.Msg, at time.Time) {
+		res := Result{Replica: pr.Name, Check: i, Sent: sent, Latency: at.Sub(sent), LateReply: true, Canary: c.Canary}
+		Judge(&res, c, reply, nil, p.fresh)
+		pr.Timeout.Observe(res.Latency) // the replica's real latency: the timeout follows it
+		go pr.emit(res)                 // the mux's read loop must not wait for the engine
+	})
 	tcp := false
 	if err == nil && reply.Truncated {
 		tcp = true
@@ -218,13 +230,14 @@ func Judge(res *Result, c check.Check, reply *dns.Msg, err error, fresh replica.
 	}
 	res.Rcode = reply.Rcode
 	res.AnswerKey = check.AnswerKey(reply.Answer)
+	res.TTL = check.MinTTL(reply.Answer)
 	res.Failure = c.Failure(reply)
 	if c.Canary && fresh != nil && res.Failure == "" {
 		target := check.CNAMETarget(reply.Answer, c.Name)
 		if target == "" {
 			res.CanaryWhy = "no CNAME for " + c.Name
 		} else {
-			res.CanaryOK, res.CanaryWhy = fresh.Accept(target, res.Sent)
+			res.CanaryOK, res.CanaryWhy = fresh.Accept(target, res.Sent, res.TTL)
 		}
 	}
 }

@@ -27,7 +27,7 @@ func rr(t *testing.T, s string) dns.RR {
 type fresh struct{ cur string }
 
 func (f fresh) Question() string { return "canary.example." }
-func (f fresh) Accept(target string, _ time.Time) (bool, string) {
+func (f fresh) Accept(target string, _ time.Time, _ time.Duration) (bool, string) {
 	if target == f.cur {
 		return true, ""
 	}
@@ -213,5 +213,32 @@ func TestGlobalQPSCap(t *testing.T) {
 	}
 	if p.Skipped.Load() == 0 {
 		t.Errorf("no probe skipped although the cap is far below the schedule")
+	}
+}
+
+// A reply that comes after the probe's timeout is reported as a late reply to the same
+// probe (same check, same send time), with its real latency: the replica was alive, only
+// slow, and the adaptive timeout follows it.
+func TestLateReply(t *testing.T) {
+	addr, _ := server(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		time.Sleep(60 * time.Millisecond)
+		answerA(w, r)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan Result, 100)
+	p := NewPool(config.Probe{Interval: config.D(time.Second), Timeout: config.D(20 * time.Millisecond), MinTimeout: config.D(20 * time.Millisecond), MaxQPS: 100},
+		[]check.Check{{Name: "x.example.", Type: dns.TypeA}}, nil, ch)
+	p.Sync(ctx, []replica.Target{{Name: "slow", DNSAddr: addr}})
+	first := collect(t, ch, 1)[0]
+	if first.LateReply || !(first.Timeout || first.Late) {
+		t.Fatalf("first result %+v, want the timeout", first)
+	}
+	if first.Late {
+		t.Skip("this machine stalled the healer past the deadline; the late path is not exercised")
+	}
+	late := collect(t, ch, 1)[0]
+	if !late.LateReply || late.Check != first.Check || !late.Sent.Equal(first.Sent) || late.Latency < 60*time.Millisecond || !late.OK() {
+		t.Fatalf("late reply %+v, want the same probe answered after >= 60ms", late)
 	}
 }

@@ -64,6 +64,9 @@ type Notifier interface {
 	// Notify records one event on the replica; the reason says its type and action
 	// (package api's table).
 	Notify(t Target, reason api.Reason, message string)
+	// NotifyHealer records one event about the healer's own configuration (a broken
+	// check), on the healer's pod.
+	NotifyHealer(reason api.Reason, message string)
 }
 
 // FreshnessSource is the freshness canary: a name whose answer the healer itself changes.
@@ -71,7 +74,8 @@ type Notifier interface {
 type FreshnessSource interface {
 	// Question is the fully qualified name to ask (type CNAME).
 	Question() string
-	// Accept says whether a CNAME target seen at time 'at' is fresh enough: it is the
-	// current value, or a previous value replaced less than MaxLag before 'at'.
-	Accept(target string, at time.Time) (ok bool, why string)
+	// Accept says whether a CNAME target seen at time 'at', with the given TTL left, is
+	// fresh enough: it is the current value, or a previous value replaced less than MaxLag
+	// (plus what a cache may hold it: its TTL) before 'at'.
+	Accept(target string, at time.Time, ttl time.Duration) (ok bool, why string)
 }

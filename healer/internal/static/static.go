@@ -103,3 +103,6 @@ type Notifier struct{}
 
 // Notify implements replica.Notifier.
 func (Notifier) Notify(replica.Target, api.Reason, string) {}
+
+// NotifyHealer implements replica.Notifier.
+func (Notifier) NotifyHealer(api.Reason, string) {}

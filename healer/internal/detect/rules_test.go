@@ -1,0 +1,343 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dnspulse/dnspulse/healer/api"
+	"github.com/dnspulse/dnspulse/healer/internal/check"
+	"github.com/dnspulse/dnspulse/healer/internal/config"
+	"github.com/dnspulse/dnspulse/healer/internal/hbreader"
+	"github.com/dnspulse/dnspulse/healer/internal/probe"
+	"github.com/dnspulse/dnspulse/heartbeat"
+)
+
+// The rules of issue 11, one scenario each, on the fake clock of simulate. Heartbeats are
+// noisy (queries, latencies and the odd error vary per replica and tick) unless a rule
+// needs otherwise: identical heartbeats would hide a rule that cries wolf.
+
+// noisyHB is a healthy heartbeat whose figures wander as real ones do.
+func noisyHB(name string, seq uint64) *heartbeat.Heartbeat {
+	rng := rand.New(rand.NewPCG(seq, uint64(len(name))*7919+uint64(name[0])))
+	q := 40 + rng.Uint64N(40)
+	h := hb(seq, hbOpts{queries: q, p99: time.Duration(300+rng.IntN(2500)) * time.Microsecond})
+	w := h.Windows[heartbeat.Window1s]
+	if rng.IntN(4) == 0 { // a slow uncached query now and then
+		w.LatencyMicros.P99, w.LatencyMicros.Max = 40_000+uint64(rng.IntN(60_000)), 100_000
+	}
+	if rng.IntN(5) == 0 { // a client's SERVFAIL now and then
+		w.Rcodes["SERVFAIL"] = 1
+		w.Rcodes["NOERROR"]--
+	}
+	h.Windows[heartbeat.Window1s] = w
+	h.InFlight = &heartbeat.InFlight{Count: rng.Uint64N(3)}
+	if h.InFlight.Count > 0 {
+		h.InFlight.OldestMicros = 100 + rng.Uint64N(20_000)
+	}
+	return h
+}
+
+func noisyPulse(n string, _ time.Duration, seq uint64) hbreader.Result {
+	return hbreader.Result{Latency: time.Millisecond, Kind: hbreader.OK, HB: noisyHB(n, seq)}
+}
+
+// noisyProbe is a healthy answer with the latency jitter of a loaded node.
+func noisyProbe(n string, s time.Duration) probe.Result {
+	r := okProbe(n, s)
+	r.Latency = time.Duration(200+rand.IntN(3000)) * time.Microsecond
+	return r
+}
+
+func rcodeProbe(rc int) probe.Result {
+	return probe.Result{Latency: time.Millisecond, Rcode: rc, Failure: fmt.Sprintf("rcode %s (want NOERROR)", dns.RcodeToString[rc])}
+}
+
+func TestRulesOfJudgment(t *testing.T) {
+	stallFrom, stallFor := faultAt, 70*time.Millisecond
+	stalled := func(n string, s time.Duration) bool { return n == "b" && s >= stallFrom && s < stallFrom+stallFor }
+	scenarios := []scenario{
+		{
+			// R9, R12: every answer of b is REFUSED (its upstream's ACL): wrong answers need no
+			// span, and REFUSED is compared with the peers like every error rcode.
+			name: "upstream answers REFUSED: degraded",
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return rcodeProbe(dns.RcodeRefused)
+				}
+				return noisyProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := noisyPulse(n, s, seq)
+				if n == "b" && after(s) {
+					w := r.HB.Windows[heartbeat.Window1s]
+					w.Rcodes["REFUSED"] = 6
+					r.HB.Windows[heartbeat.Window1s] = w
+				}
+				return r
+			},
+			want:  map[string]api.State{"b": api.Degraded},
+			never: map[string][]api.State{"a": {api.Degraded}, "c": {api.Degraded}},
+		},
+		{
+			// R9, R12: b's upstream swallows the forwarded name: those probes time out for
+			// good, and the heartbeat shows the oldest query in flight aging.
+			name:  "upstream black hole on the forwarded name: degraded",
+			probe: noisyProbe,
+			fwd: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return timeoutProbe()
+				}
+				return noisyProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := noisyPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB.InFlight = &heartbeat.InFlight{Count: 3, OldestMicros: uint64((s - faultAt).Microseconds())}
+				}
+				return r
+			},
+			want:  map[string]api.State{"b": api.Degraded},
+			never: map[string][]api.State{"a": {api.Degraded}, "c": {api.Degraded}},
+		},
+		{
+			// R9: a process not scheduled for 70 ms answers late: never degraded.
+			name: "a 70 ms stall (not scheduled on a loaded node): never degraded",
+			probe: func(n string, s time.Duration) probe.Result {
+				if !stalled(n, s) {
+					return noisyProbe(n, s)
+				}
+				if wait := stallFrom + stallFor - s; wait < 40*time.Millisecond {
+					r := noisyProbe(n, s) // answered when the process runs again, in time
+					r.Latency = wait + time.Millisecond
+					return r
+				}
+				return timeoutProbe()
+			},
+			// The probes that timed out are answered when the process runs again.
+			lateReply: func(n string, s time.Duration) time.Duration { return stallFrom + stallFor - s + time.Millisecond },
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				if stalled(n, s) {
+					return hbreader.Result{Latency: 40 * time.Millisecond, Kind: hbreader.Unreachable, Err: errors.New("no answer within the read timeout")}
+				}
+				return noisyPulse(n, s, seq)
+			},
+			never: map[string][]api.State{"a": {api.Degraded, api.Global}, "b": {api.Degraded, api.Global}, "c": {api.Degraded, api.Global}},
+		},
+		{
+			// R12: one client's bad name SERVFAILs on b, but the healer's probes are fine:
+			// suspect at most.
+			name:  "a single client's SERVFAIL storm: never degraded",
+			probe: noisyProbe,
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := noisyPulse(n, s, seq)
+				if n == "b" && after(s) {
+					r.HB = hb(seq, hbOpts{queries: 400, servfail: 0.5})
+					w := r.HB.Windows[heartbeat.Window1s]
+					w.ServfailSourceEntropy = 0
+					r.HB.Windows[heartbeat.Window1s] = w
+				}
+				return r
+			},
+			never: map[string][]api.State{"a": {api.Degraded}, "b": {api.Degraded, api.Global}, "c": {api.Degraded}},
+		},
+		{
+			// R2 off for a name whose answers may differ (a CDN, round robin): rcode only.
+			name: "a round-robin name answered differently per replica: never degraded",
+			checks: []check.Check{
+				{Name: "a.example.", Type: dns.TypeA, Majority: true},
+				{Name: "cdn.example.", Type: dns.TypeA, Majority: false},
+			},
+			probeCheck: func(n string, c int, s time.Duration) probe.Result {
+				r := noisyProbe(n, s)
+				if c == 1 {
+					r.AnswerKey = "cdn.example. A 10.0.0." + n
+				}
+				return r
+			},
+			probe: noisyProbe,
+			pulse: noisyPulse,
+			never: map[string][]api.State{"a": {api.Degraded, api.Suspect}, "b": {api.Degraded, api.Suspect}, "c": {api.Degraded, api.Suspect}},
+		},
+		{
+			// R1: the forwarded name's cache expires on each replica seconds apart while the
+			// upstream is down. The first to fail has peers that still answer, but from their
+			// caches (the TTL counts down): no witness. Then all fail: global.
+			name:   "an upstream outage reaching cached replicas seconds apart: global, never degraded",
+			runFor: 4 * time.Second,
+			probe:  noisyProbe,
+			fwd: func(n string, s time.Duration) probe.Result {
+				phase := map[string]time.Duration{"a": 50 * time.Millisecond, "b": 500 * time.Millisecond, "c": 900 * time.Millisecond}[n]
+				ttl := time.Second
+				fetched := phase + (s-phase)/ttl*ttl // the last refetch before s
+				if s < phase {
+					fetched = phase - ttl
+				}
+				if fetched >= faultAt {
+					return rcodeProbe(dns.RcodeServerFailure)
+				}
+				r := noisyProbe(n, s)
+				r.TTL = ttl - (s - fetched)
+				return r
+			},
+			pulse: noisyPulse,
+			want:  map[string]api.State{"a": api.Global, "b": api.Global, "c": api.Global},
+			never: map[string][]api.State{"a": {api.Degraded}, "b": {api.Degraded}, "c": {api.Degraded}},
+		},
+		{
+			// The common case on a loaded node: noise everywhere, no fault.
+			name:   "noisy heartbeats and probes, no fault: healthy",
+			runFor: 4 * time.Second,
+			probe: func(n string, s time.Duration) probe.Result {
+				if rand.IntN(200) == 0 { // a lost datagram now and then
+					return timeoutProbe()
+				}
+				return noisyProbe(n, s)
+			},
+			pulse: noisyPulse,
+			never: map[string][]api.State{"a": {api.Degraded, api.Global}, "b": {api.Degraded, api.Global}, "c": {api.Degraded, api.Global}},
+		},
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			got := simulate(t, sc, config.DefaultThresholds())
+			for _, n := range []string{"a", "b", "c"} {
+				during := statesAfter(got[n], t0.Add(faultAt))
+				for _, bad := range sc.never[n] {
+					if slices.Contains(during, bad) {
+						t.Errorf("%s reached %s: transitions %v", n, bad, got[n])
+					}
+				}
+				if w, ok := sc.want[n]; ok && !slices.Contains(during, w) {
+					t.Errorf("%s: want %s after the fault, got transitions %v", n, w, got[n])
+				}
+			}
+		})
+	}
+}
+
+// R6: the heartbeat alone never keeps a replica degraded once its probes are clean.
+func TestInternalAloneDoesNotHoldDegraded(t *testing.T) {
+	sc := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if n == "b" && after(s) && s < faultAt+300*time.Millisecond {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+			r := okPulse(n, s, seq)
+			if n == "b" && after(s) {
+				r.HB = hb(seq, hbOpts{selfFail: true}) // stays failing after the probes recover
+			}
+			return r
+		},
+	}
+	got := simulate(t, sc, config.DefaultThresholds())
+	var seq []api.State
+	for _, tr := range got["b"] {
+		seq = append(seq, tr.To)
+	}
+	i := slices.Index(seq, api.Degraded)
+	if i < 0 {
+		t.Fatalf("b never degraded: %v", got["b"])
+	}
+	if seq[len(seq)-1] == api.Degraded {
+		t.Errorf("b still degraded with clean probes (its heartbeat alone holds it): %v", got["b"])
+	}
+}
+
+// R14: a replica Ready for less than the warm-up is never degraded for being slower than its
+// peers (a cold cache), but still for hard evidence (it hangs).
+func TestYoungReplicaJudgedOnHardEvidenceOnly(t *testing.T) {
+	slow := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			r := okProbe(n, s)
+			if n == "b" && after(s) {
+				r.Latency = 90 * time.Millisecond
+			}
+			return r
+		},
+		pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+			r := okPulse(n, s, seq)
+			if n == "b" && after(s) {
+				r.HB = hb(seq, hbOpts{p99: 90 * time.Millisecond})
+			}
+			return r
+		},
+	}
+	hung := scenario{
+		probe: func(n string, s time.Duration) probe.Result {
+			if n == "b" && after(s) {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+			if n == "b" && after(s) {
+				return hbreader.Result{Latency: 40 * time.Millisecond, Kind: hbreader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+	}
+	for _, tc := range []struct {
+		sc    scenario
+		young time.Duration
+		want  bool
+	}{
+		{slow, 0, true}, {slow, time.Hour, false}, {hung, time.Hour, true},
+	} {
+		got := simulateYoung(t, tc.sc, tc.young)
+		if d := slices.ContainsFunc(got["b"], func(tr Transition) bool { return tr.To == api.Degraded }); d != tc.want {
+			t.Errorf("young for %v: degraded %v, want %v: %v", tc.young, d, tc.want, got["b"])
+		}
+	}
+}
+
+// R13: a check every replica answers NXDOMAIN (a typo) is reported after BrokenCheckAfter and
+// left out: the other check's fault is still found. One passing replica brings it back.
+func TestBrokenCheckIsReportedNotObeyed(t *testing.T) {
+	th := config.DefaultThresholds()
+	th.BrokenCheckAfter = config.D(500 * time.Millisecond)
+	sc := scenario{
+		checks: []check.Check{
+			{Name: "a.example.", Type: dns.TypeA, Majority: true},
+			{Name: "typo.example.", Type: dns.TypeA},
+		},
+		probeCheck: func(n string, c int, s time.Duration) probe.Result {
+			if c == 1 {
+				return rcodeProbe(dns.RcodeNameError)
+			}
+			if n == "b" && s >= faultAt+500*time.Millisecond {
+				return timeoutProbe()
+			}
+			return okProbe(n, s)
+		},
+		probe: okProbe,
+		pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+			if n == "b" && s >= faultAt+500*time.Millisecond {
+				return hbreader.Result{Latency: 40 * time.Millisecond, Kind: hbreader.Unreachable, Err: errors.New("timeout")}
+			}
+			return okPulse(n, s, seq)
+		},
+		runFor: 3 * time.Second,
+	}
+	d, got := simulateDetector(t, sc, th, 0)
+	changes := d.CheckChanges()
+	if len(changes) != 1 || !changes[0].Broken || changes[0].Check != "typo.example./A" {
+		t.Fatalf("check changes %+v, want typo.example./A broken", changes)
+	}
+	if !slices.ContainsFunc(got["b"], func(tr Transition) bool { return tr.To == api.Degraded }) {
+		t.Errorf("b's hang not found with the broken check left out: %v", got["b"])
+	}
+	for _, n := range []string{"a", "c"} {
+		if st := d.State(n); st != api.Healthy {
+			t.Errorf("%s is %s with only the broken check failing, want healthy: %v", n, st, got[n])
+		}
+	}
+}
