@@ -40,6 +40,10 @@ const (
 	ActionEvict  Action = "evict"
 	ActionDelete Action = "delete"
 	ActionExec   Action = "exec"
+	// ActionDrain takes a replica out of service (readiness-gate condition False) before its
+	// eviction; ActionUndrain puts it back.
+	ActionDrain   Action = "drain"
+	ActionUndrain Action = "undrain"
 )
 
 // Result is how a remediation ended.
@@ -64,21 +68,24 @@ type Reason string
 
 // The Event reasons. Each has one type and one action, in the table below.
 const (
-	ReasonReplicaDegraded     Reason = "ReplicaDegraded"
-	ReasonGlobalDNSFailure    Reason = "GlobalDNSFailure"
-	ReasonRemediationSkipped  Reason = "RemediationSkipped"
-	ReasonReplicaFlapping     Reason = "ReplicaFlapping"
-	ReasonCheckMisconfigured  Reason = "CheckMisconfigured"
-	ReasonReadinessGateSet    Reason = "ReadinessGateSet"
-	ReasonReadinessGateFailed Reason = "ReadinessGateFailed"
-	ReasonEvicted             Reason = "Evicted"
-	ReasonEvictionBlocked     Reason = "EvictionBlocked"
-	ReasonEvictionFailed      Reason = "EvictionFailed"
-	ReasonEvictionUnavailable Reason = "EvictionUnavailable"
-	ReasonDeleted             Reason = "Deleted"
-	ReasonDeleteFailed        Reason = "DeleteFailed"
-	ReasonReplacementReady    Reason = "ReplacementReady"
-	ReasonReplacementNotReady Reason = "ReplacementNotReady"
+	ReasonReplicaDegraded       Reason = "ReplicaDegraded"
+	ReasonGlobalDNSFailure      Reason = "GlobalDNSFailure"
+	ReasonRemediationSkipped    Reason = "RemediationSkipped"
+	ReasonReplicaFlapping       Reason = "ReplicaFlapping"
+	ReasonCheckMisconfigured    Reason = "CheckMisconfigured"
+	ReasonReadinessGateSet      Reason = "ReadinessGateSet"
+	ReasonReadinessGateFailed   Reason = "ReadinessGateFailed"
+	ReasonReadinessGateRestored Reason = "ReadinessGateRestored"
+	ReasonPartition             Reason = "ReplicaUnreachable"
+	ReasonBudgetSpent           Reason = "EvictionBudgetSpent"
+	ReasonEvicted               Reason = "Evicted"
+	ReasonEvictionBlocked       Reason = "EvictionBlocked"
+	ReasonEvictionFailed        Reason = "EvictionFailed"
+	ReasonEvictionUnavailable   Reason = "EvictionUnavailable"
+	ReasonDeleted               Reason = "Deleted"
+	ReasonDeleteFailed          Reason = "DeleteFailed"
+	ReasonReplacementReady      Reason = "ReplacementReady"
+	ReasonReplacementNotReady   Reason = "ReplacementNotReady"
 )
 
 // The Event types (as corev1.EventTypeNormal and EventTypeWarning spell them).
@@ -92,21 +99,24 @@ type eventKind struct{ typ, action string }
 // events is the one table of every Event the healer records: its type, and the action
 // events.k8s.io/v1 requires.
 var events = map[Reason]eventKind{
-	ReasonReplicaDegraded:     {EventWarning, "Detect"},
-	ReasonGlobalDNSFailure:    {EventWarning, "Detect"},
-	ReasonRemediationSkipped:  {EventWarning, "Detect"},
-	ReasonReplicaFlapping:     {EventWarning, "Detect"},
-	ReasonCheckMisconfigured:  {EventWarning, "Detect"},
-	ReasonReadinessGateSet:    {EventNormal, "Drain"},
-	ReasonReadinessGateFailed: {EventWarning, "Drain"},
-	ReasonEvicted:             {EventNormal, "Evict"},
-	ReasonEvictionBlocked:     {EventWarning, "Evict"},
-	ReasonEvictionFailed:      {EventWarning, "Evict"},
-	ReasonEvictionUnavailable: {EventWarning, "Evict"},
-	ReasonDeleted:             {EventNormal, "Delete"},
-	ReasonDeleteFailed:        {EventWarning, "Delete"},
-	ReasonReplacementReady:    {EventNormal, "Replace"},
-	ReasonReplacementNotReady: {EventWarning, "Replace"},
+	ReasonReplicaDegraded:       {EventWarning, "Detect"},
+	ReasonGlobalDNSFailure:      {EventWarning, "Detect"},
+	ReasonRemediationSkipped:    {EventWarning, "Detect"},
+	ReasonReplicaFlapping:       {EventWarning, "Detect"},
+	ReasonCheckMisconfigured:    {EventWarning, "Detect"},
+	ReasonReadinessGateSet:      {EventNormal, "Drain"},
+	ReasonReadinessGateFailed:   {EventWarning, "Drain"},
+	ReasonReadinessGateRestored: {EventNormal, "Drain"},
+	ReasonPartition:             {EventWarning, "Detect"},
+	ReasonBudgetSpent:           {EventWarning, "Evict"},
+	ReasonEvicted:               {EventNormal, "Evict"},
+	ReasonEvictionBlocked:       {EventWarning, "Evict"},
+	ReasonEvictionFailed:        {EventWarning, "Evict"},
+	ReasonEvictionUnavailable:   {EventWarning, "Evict"},
+	ReasonDeleted:               {EventNormal, "Delete"},
+	ReasonDeleteFailed:          {EventWarning, "Delete"},
+	ReasonReplacementReady:      {EventNormal, "Replace"},
+	ReasonReplacementNotReady:   {EventWarning, "Replace"},
 }
 
 // Type is the Event type of the reason (Warning for a reason not in the table).

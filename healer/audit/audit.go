@@ -32,8 +32,10 @@ const (
 	EventReplacement Event = "replacement" // an evicted replica's replacement is Ready, or is not in time
 	EventCanary      Event = "canary"      // the freshness canary could not be written
 	EventProbeQPSCap Event = "probe-qps-cap"
-	EventCheck       Event = "check"    // a check became broken (misconfigured) or good again
-	EventFlapping    Event = "flapping" // a replica keeps entering degraded
+	EventCheck       Event = "check"     // a check became broken (misconfigured) or good again
+	EventFlapping    Event = "flapping"  // a replica keeps entering degraded
+	EventPartition   Event = "partition" // a replica unreachable for the healer, serving for the cluster
+	EventMemory      Event = "memory"    // a new leader loaded the guards' memory
 )
 
 // Log writes audit lines; safe for concurrent use.

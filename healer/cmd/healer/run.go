@@ -118,6 +118,8 @@ func kubernetesMode(ctx context.Context, cfg *config.Config, auditLog *audit.Log
 		Notifier:   m.Notifier(),
 		Freshness:  m.Freshness(),
 		Leader:     m,
+		Drainer:    m.Drainer(),
+		Memory:     m.Memory(),
 		Run:        m.Run,
 	}, nil
 }

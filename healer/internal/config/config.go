@@ -91,6 +91,21 @@ type Guards struct {
 	// without waiting RemediateAfter (G1), one aggregated Event. File keys only.
 	FlapCount  int      `json:"flapCount"`
 	FlapWindow Duration `json:"flapWindow"`
+	// DrainsPerWindow drains of one replica within DrainWindow at most: a noisy replica
+	// cannot churn the EndpointSlices. File keys only.
+	DrainsPerWindow int      `json:"drainsPerWindow"`
+	DrainWindow     Duration `json:"drainWindow"`
+	// EvictionsPerOwner and EvictionsPerNode in an hour at most (G12); spent: an Event and
+	// no action. File keys only.
+	EvictionsPerOwner int `json:"evictionsPerOwner"`
+	EvictionsPerNode  int `json:"evictionsPerNode"`
+	// PartitionAfter: a replica degraded on unreachability alone that the cluster still
+	// sees serving (the kubelet's readiness, its Lease) this long is reported as cut off
+	// from the healer, and undrained (G13). File key only.
+	PartitionAfter Duration `json:"partitionAfter"`
+	// ReplacementTimeout: an eviction stays in flight until its replacement is Ready and
+	// judged healthy, or this long (G5). File key only.
+	ReplacementTimeout Duration `json:"replacementTimeout"`
 }
 
 // Kubernetes is Kubernetes mode (package kube).
@@ -110,6 +125,11 @@ type Kubernetes struct {
 	// AllowDelete permits DELETE when the Eviction API is unavailable (404/405), never on 429.
 	AllowDelete    bool           `json:"allowDelete"`
 	LeaderElection LeaderElection `json:"leaderElection"`
+	// PulseLeaseNamespace is where the CoreDNS replicas keep their pulse Leases (the
+	// Corefile's `lease NAMESPACE`), one named after each pod; "" reads none. A Lease is the
+	// replica's own word through the apiserver, independent of the healer's network path
+	// (docs/design.md, "Reachability is not proof").
+	PulseLeaseNamespace string `json:"pulseLeaseNamespace"`
 }
 
 // Canary is the freshness canary: an ExternalName Service the leader rotates.
@@ -161,6 +181,9 @@ func Default() *Config {
 			RetryBackoff: D(5 * time.Second), RetryBackoffMax: D(2 * time.Minute),
 			RemediateAfter: D(time.Second), WarmUp: D(10 * time.Second),
 			FlapCount: 3, FlapWindow: D(5 * time.Minute),
+			DrainsPerWindow: 3, DrainWindow: D(10 * time.Minute),
+			EvictionsPerOwner: 5, EvictionsPerNode: 3,
+			PartitionAfter: D(45 * time.Second), ReplacementTimeout: D(2 * time.Minute),
 		},
 		Kubernetes: Kubernetes{
 			Namespace: "kube-system", Selector: "k8s-app=kube-dns", Service: "kube-dns", ClusterDomain: "cluster.local",

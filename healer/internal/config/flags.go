@@ -52,6 +52,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(&k.Canary.MaxLag, "canary-max-lag", "how long a replica may keep answering the previous canary value")
 	fs.BoolVar(&k.ReadinessGate, "readiness-gate", k.ReadinessGate, "set the pod condition dnspulse.io/serving=False before evicting")
 	fs.BoolVar(&k.AllowDelete, "allow-delete", k.AllowDelete, "fall back to DELETE when the Eviction API is not available (never on a PDB refusal)")
+	fs.StringVar(&k.PulseLeaseNamespace, "pulse-lease-namespace", k.PulseLeaseNamespace, "namespace of the CoreDNS replicas' pulse Leases (Corefile: pulse { lease NAMESPACE }); empty: none are read")
 	fs.BoolVar(&k.LeaderElection.Enabled, "leader-elect", k.LeaderElection.Enabled, "Kubernetes mode: only the holder of a Lease acts")
 	fs.StringVar(&k.LeaderElection.Namespace, "leader-elect-namespace", k.LeaderElection.Namespace, "namespace of the leader Lease (default: the canary namespace)")
 	fs.StringVar(&k.LeaderElection.Lease, "leader-elect-lease", k.LeaderElection.Lease, "name of the leader Lease")

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/miekg/dns"
 	"k8s.io/apimachinery/pkg/labels"
@@ -52,8 +53,17 @@ func (c *Config) Validate() error {
 	if c.Guards.FlapCount < 2 {
 		badKey("guards.flapCount", "must be >= 2")
 	}
-	if c.Guards.FlapWindow <= 0 {
-		badKey("guards.flapWindow", "must be > 0")
+	for key, v := range map[string]Duration{"guards.flapWindow": c.Guards.FlapWindow, "guards.drainWindow": c.Guards.DrainWindow,
+		"guards.partitionAfter": c.Guards.PartitionAfter, "guards.replacementTimeout": c.Guards.ReplacementTimeout} {
+		if v <= 0 {
+			badKey(key, "must be > 0")
+		}
+	}
+	for key, v := range map[string]int{"guards.drainsPerWindow": c.Guards.DrainsPerWindow,
+		"guards.evictionsPerOwner": c.Guards.EvictionsPerOwner, "guards.evictionsPerNode": c.Guards.EvictionsPerNode} {
+		if v < 1 {
+			badKey(key, "must be >= 1")
+		}
 	}
 	if n := len(c.CheckList) + 1; n > maxChecks {
 		bad("check", fmt.Sprintf("%d checks (with the canary's): at most %d", n, maxChecks))
@@ -85,6 +95,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.Thresholds.validate(c.keyPrefix()+"thresholds.")...)
+	slices.Sort(errs) // the same problems, always in the same order
 	return joinErrs(errs)
 }
 

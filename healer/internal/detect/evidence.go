@@ -41,6 +41,10 @@ type evidence struct {
 	lastHB       *heartbeat.Heartbeat
 	readFailures int
 	ownLatency   ewma.Duration // probe latency while not an outlier (R8: a hint)
+	// unreachable: the replica is degraded on unreachability alone (its probes unanswered,
+	// its heartbeat unreachable, nothing it said was wrong): a partition of the healer's
+	// network path would look the same (docs/design.md, "Reachability is not proof").
+	unreachable bool
 }
 
 func newEvidence(state api.State) *evidence {

@@ -18,6 +18,7 @@ type checkRun struct {
 	n        int       // probes in the run
 	first    time.Time // send time of its first probe
 	silent   bool      // some probe of the run got no answer at all
+	wrong    bool      // some probe of the run was answered wrong
 	definite bool      // every probe of the run was answered wrong with the same rcode, not SERVFAIL
 	rcode    int
 	why      string // the latest probe's failure
@@ -35,7 +36,10 @@ type externalView struct {
 	// failing: R9 (hard) or R10 (latency, applied by Evaluate against the peers).
 	failing bool
 	hard    bool // failing on R9: timeouts or wrong answers, no comparison with peers
-	reasons []string
+	// silentOnly: every failing run is unanswered probes only, nothing answered wrong: all
+	// the healer knows is that it cannot reach the replica.
+	silentOnly bool
+	reasons    []string
 	// since is the send time of the first failure of the evidence.
 	since time.Time
 	// failCheck is the one check failing (R9), -1 when several are, or none.
@@ -88,9 +92,11 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 		run.n++
 		run.first = o.sent
 		run.silent = run.silent || o.outcome == outcomeSilent
+		run.wrong = run.wrong || o.outcome == outcomeWrong
 		run.definite = run.definite && o.outcome == outcomeWrong && o.rcode == run.rcode
 	}
 	nfail := 0
+	e.silentOnly = true
 	for c := range e.runs {
 		run := &e.runs[c]
 		if !seen[c] || d.isBroken(c) || !run.failing(&d.th, now) {
@@ -98,6 +104,7 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 		}
 		nfail++
 		e.failCheck = c
+		e.silentOnly = e.silentOnly && !run.wrong
 		if e.since.IsZero() || run.first.Before(e.since) {
 			e.since = run.first
 		}

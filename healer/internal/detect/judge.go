@@ -13,12 +13,26 @@ import (
 func (d *Detector) judge(ev *evaluation, i int) (to api.State, reasons []string, since time.Time, learn bool) {
 	r := ev.replicas[i]
 	to, reasons, since, learn = d.judgeReady(ev, i)
-	// R7: a replica that is not Ready (starting, terminating) is suspect at most: it is
-	// not meant to serve, and a degraded state about it would outlive its start-up.
-	if !r.target.Ready && to == api.Degraded {
-		return api.Suspect, append([]string{"not Ready"}, reasons...), since, learn
+	// R7: a replica that has not been Ready yet (starting) or is terminating is suspect at
+	// most: it is not meant to serve, and a degraded state about it would outlive its
+	// start-up. One that was Ready and is no longer (the kubelet found it broken) is judged
+	// as any other: it serves nothing, and replacing it helps.
+	if to == api.Degraded && (r.readyAt.IsZero() || r.target.Terminating) {
+		why := "not Ready yet"
+		if r.target.Terminating {
+			why = "terminating"
+		}
+		return api.Suspect, append([]string{why}, reasons...), since, learn
 	}
 	return to, reasons, since, learn
+}
+
+// Unreachable says whether a degraded replica is so on unreachability alone: its probes
+// unanswered and its heartbeat unreachable, nothing it said wrong. The engine then wants an
+// independent view (the kubelet, the replica's Lease) before it evicts.
+func (d *Detector) Unreachable(name string) bool {
+	r, ok := d.replicas[name]
+	return ok && r.state == api.Degraded && r.unreachable
 }
 
 func (d *Detector) judgeReady(ev *evaluation, i int) (api.State, []string, time.Time, bool) {
@@ -46,6 +60,7 @@ func (d *Detector) judgeReady(ev *evaluation, i int) (api.State, []string, time.
 	}
 	// R1: both views fail (or the internal one is gone), and a peer witnesses that the
 	// fault is this replica's alone; R5: not while a global failure is settling.
+	r.unreachable = e.hard && e.silentOnly && in.gone && !in.failing && !in.relFailing && r.target.PulseAddr != ""
 	if extFailing && inBad && !now.Before(d.global.ended.Add(d.th.GlobalSettle.D())) && d.witness(ev, i, e.since) {
 		reasons := append(append([]string{}, e.reasons...), in.reasons...)
 		return api.Degraded, reasons, e.since, false

@@ -10,18 +10,10 @@ import (
 	"github.com/dnspulse/dnspulse/healer/api"
 	"github.com/dnspulse/dnspulse/healer/audit"
 	"github.com/dnspulse/dnspulse/healer/internal/detect"
-	"github.com/dnspulse/dnspulse/healer/internal/replica"
 )
 
 // boostFor is how long a suspect replica is probed and read faster.
 const boostFor = 500 * time.Millisecond
-
-type outcome struct {
-	name   string
-	target replica.Target
-	out    replica.Outcome
-	dryRun bool
-}
 
 // evaluate judges every replica, records and announces the changes, then remediates.
 func (e *Engine) evaluate(ctx context.Context, now time.Time) {
@@ -54,12 +46,13 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 			e.mode.Notifier.Notify(r.target, api.ReasonGlobalDNSFailure, strings.Join(tr.Reasons, "; "))
 		}
 		if tr.From == api.Degraded {
-			r.degradedSince, r.reasons, r.refused = time.Time{}, nil, ""
+			r.degradedSince, r.reasons, r.refused, r.partitionReported = time.Time{}, nil, "", false
 			r.guard.forget()
 		}
 	}
 	e.checkChanges()
 	e.global()
+	e.followReplacement(ctx, now)
 	e.remediate(ctx, now)
 }
 
@@ -132,84 +125,4 @@ func (e *Engine) global() {
 		e.cfg.Audit.GlobalChange(false, e.globalSet, []string{"global failure over"})
 	}
 	e.globalSet = set
-}
-
-// fleetNow summarises the fleet for the guards.
-func (e *Engine) fleetNow() fleet {
-	var f fleet
-	for _, r := range e.order {
-		if !r.target.Ready {
-			continue
-		}
-		switch e.det.State(r.target.Name) {
-		case api.Degraded:
-			f.degradedReady++
-		case api.Healthy:
-			f.healthyReady++
-		}
-	}
-	return f
-}
-
-// remediate acts on at most one degraded replica, if the guards allow (G11: a follower
-// judges, and logs its judgments, but never acts).
-func (e *Engine) remediate(ctx context.Context, now time.Time) {
-	if e.mode.Leader != nil && !e.mode.Leader.IsLeader() {
-		return
-	}
-	var f fleet
-	counted := false
-	for _, r := range e.order {
-		if e.det.State(r.target.Name) != api.Degraded {
-			continue
-		}
-		if !counted {
-			f, counted = e.fleetNow(), true
-		}
-		flapping := r.flapping(now, e.cfg.Guards.FlapCount, e.cfg.Guards.FlapWindow.D())
-		d := e.guards.check(now, candidate{target: r.target, degradedSince: r.degradedSince, readySince: r.readyAt, flapping: flapping, g: &r.guard}, f)
-		if d.wait {
-			continue
-		}
-		if !d.act {
-			if r.refused != d.guard {
-				r.refused = d.guard
-				e.cfg.Audit.Remediated(r.target.Name, api.ActionNone, e.cfg.Guards.DryRun, api.ResultRefused, d.why)
-				e.cfg.Metrics.Remediations.WithLabelValues(string(api.ActionNone), string(api.ResultRefused)).Inc()
-				e.mode.Notifier.Notify(r.target, api.ReasonRemediationSkipped, d.why)
-			}
-			continue
-		}
-		e.guards.start(r.target.Name)
-		t, reasons, dryRun := r.target, slices.Clone(r.reasons), e.cfg.Guards.DryRun
-		if len(reasons) == 0 {
-			reasons = []string{"degraded"}
-		}
-		go func() {
-			o := e.mode.Remediator.Remediate(ctx, t, reasons, dryRun)
-			select {
-			case e.outcomes <- outcome{name: t.Name, target: t, out: o, dryRun: dryRun}:
-			case <-ctx.Done():
-			}
-		}()
-		return // G5: one remediation in flight
-	}
-}
-
-// finish records a remediation's outcome.
-func (e *Engine) finish(o outcome) {
-	now := e.now()
-	var rg replicaGuard // a replica gone meanwhile: its guard state goes with it
-	if r := e.replicas[o.name]; r != nil {
-		e.guards.done(now, &r.guard, o.out)
-	} else {
-		e.guards.done(now, &rg, o.out)
-	}
-	action := o.out.Action
-	if action == "" {
-		action = api.ActionNone
-	}
-	e.cfg.Audit.Remediated(o.name, action, o.dryRun, o.out.Result, o.out.Message)
-	e.cfg.Metrics.Remediations.WithLabelValues(string(action), string(o.out.Result)).Inc()
-	e.log.Info("remediation", "replica", o.name, "action", action, "dryRun", o.dryRun, "result", o.out.Result, "message", o.out.Message)
 }

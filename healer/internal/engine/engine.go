@@ -42,6 +42,10 @@ type Mode struct {
 	Freshness replica.FreshnessSource
 	// Leader is nil when this healer always acts (static mode).
 	Leader LeaderGate
+	// Drainer, when set, drains a replica before its eviction (the readiness gate).
+	Drainer replica.Drainer
+	// Memory keeps the guards' memory for any leader; nil keeps it in the process.
+	Memory replica.MemoryStore
 	// Run, when set, runs the mode's own background work (informers, leader election,
 	// canary rotation) until ctx ends; an error stops the healer.
 	Run func(ctx context.Context) error
@@ -77,8 +81,13 @@ type Engine struct {
 	replicas  map[string]*replicaState
 	order     []*replicaState // by name, as discovery lists them
 	globalSet []string
+	drainer   replica.Drainer
 
-	outcomes chan outcome
+	// memoryState: whether the guards' memory is loaded for the current leadership.
+	memoryState memoryState
+	memoryCh    chan memoryLoad
+
+	outcomes chan op
 	probeCh  chan probe.Result
 	readCh   chan hbreader.Result
 }
@@ -118,7 +127,9 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 		det:      detect.New(cfg.Thresholds, probes.Checks(), cfg.Guards.WarmUp.D()),
 		guards:   newGuards(cfg.Guards),
 		replicas: map[string]*replicaState{},
-		outcomes: make(chan outcome, 1),
+		drainer:  mode.Drainer,
+		outcomes: make(chan op, 1),
+		memoryCh: make(chan memoryLoad, 1),
 	}, nil
 }
 
@@ -215,7 +226,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		case <-syncTicker.C:
 			e.sync(ctx)
 		case o := <-e.outcomes:
-			e.finish(o)
+			e.finish(ctx, o)
+		case l := <-e.memoryCh:
+			e.memoryLoaded(l)
 		}
 	}
 }

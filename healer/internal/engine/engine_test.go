@@ -31,6 +31,8 @@ type fakeReplica struct {
 	target replica.Target
 	broken atomic.Bool
 	seq    atomic.Uint64
+	// kubeletNotReady: as a pod, its containers are not ready (runKubeLike).
+	kubeletNotReady bool
 }
 
 func newFakeReplica(t *testing.T, name string) *fakeReplica {

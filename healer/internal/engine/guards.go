@@ -15,23 +15,28 @@ import (
 type guard string
 
 const (
-	guardRemediateAfter guard = "remediate-after" // G1: degraded long enough (wait)
-	guardReady          guard = "ready"           // G2: only a Ready replica
-	guardWarmUp         guard = "warm-up"         // G3: Ready long enough
-	guardRemediable     guard = "remediable"      // G4: a controller recreates it
-	guardInFlight       guard = "in-flight"       // G5: one remediation at a time (wait)
-	guardRetry          guard = "retry"           // G6: backoff after blocked/error (wait)
-	guardCooldown       guard = "cooldown"        // G7: per replica
-	guardGlobalCooldown guard = "global-cooldown" // G8: between any two
-	guardMaxDegraded    guard = "max-degraded"    // G9: not a wide fault
-	guardMinAvailable   guard = "min-available"   // G10: enough healthy peers remain
-	guardLeader         guard = "leader"          // G11: only the leader acts
+	guardRemediateAfter guard = "remediate-after"  // G1: degraded long enough (wait; drain allowed)
+	guardReady          guard = "ready"            // G2: Ready, drained by us, or broken per the kubelet
+	guardWarmUp         guard = "warm-up"          // G3: Ready long enough
+	guardRemediable     guard = "remediable"       // G4: a controller recreates it
+	guardInFlight       guard = "in-flight"        // G5: one remediation at a time, to a healthy replacement (wait)
+	guardRetry          guard = "retry"            // G6: backoff after blocked/error (wait)
+	guardCooldown       guard = "cooldown"         // G7: per replica
+	guardGlobalCooldown guard = "global-cooldown"  // G8: between any two
+	guardMaxDegraded    guard = "max-degraded"     // G9: not a wide fault
+	guardMinAvailable   guard = "min-available"    // G10: enough healthy peers remain
+	guardLeader         guard = "leader"           // G11: only the leader acts, with its memory loaded
+	guardBudget         guard = "budget"           // G12: evictions per owner and per node in an hour
+	guardIndependent    guard = "independent-view" // G13: unreachable alone is not proof (wait; drain allowed)
 )
 
 // decision is the guards' answer on one degraded replica.
 type decision struct {
-	act bool
-	// wait: not now, but no refusal to record either (G1, G5, G6).
+	act bool // evict now
+	// drain: not yet evicted (G1, G13 wait), but every guard that an eviction must pass
+	// passes: it may be drained now, reversibly.
+	drain bool
+	// wait: not now, but no refusal to record either.
 	wait  bool
 	guard guard
 	why   string
@@ -47,8 +52,11 @@ type replicaGuard struct {
 // fleet summarises every replica for the guards, once per evaluation (O(n), not per
 // degraded replica).
 type fleet struct {
-	degradedReady int // Ready replicas judged degraded
-	healthyReady  int // Ready replicas judged healthy
+	// unconfirmed: Ready replicas degraded without the cluster's own view confirming it
+	// (G9): replicas whose failure the kubelet or their Lease see too serve nothing, and
+	// healing them one at a time cannot make things worse; the others may share a cause.
+	unconfirmed  int
+	healthyReady int // Ready replicas judged healthy
 }
 
 // candidate is one degraded replica the guards are asked about.
@@ -59,7 +67,22 @@ type candidate struct {
 	// flapping: the replica entered degraded FlapCount times within FlapWindow; it has
 	// proven its fault and does not wait RemediateAfter (G1).
 	flapping bool
-	g        *replicaGuard
+	// unreachable: degraded on unreachability alone (detect.Unreachable).
+	unreachable bool
+	g           *replicaGuard
+}
+
+// clusterConfirms says whether the cluster's own view, independent of the healer's network
+// path, sees the replica fail: the kubelet's readiness gone, or its pulse Lease stale or
+// degraded.
+func clusterConfirms(t replica.Target) bool {
+	return !t.ContainersReady || t.LeaseKnown && !t.LeaseFresh
+}
+
+// confirmed says whether an eviction has its proof (G13): evidence beyond unreachability,
+// or the cluster's own view agreeing.
+func (c candidate) confirmed() bool {
+	return !c.unreachable || !c.target.ClusterView || clusterConfirms(c.target)
 }
 
 // guards remembers the actions in flight and overall, and decides whether one more is
@@ -68,6 +91,9 @@ type guards struct {
 	cfg      config.Guards
 	inFlight string
 	lastAny  time.Time
+	// memory is the evictions of the last hour and the replacement awaited, shared by
+	// every leader (replica.Memory).
+	memory replica.Memory
 }
 
 func newGuards(cfg config.Guards) *guards { return &guards{cfg: cfg} }
@@ -76,10 +102,10 @@ func newGuards(cfg config.Guards) *guards { return &guards{cfg: cfg} }
 func (g *guards) check(now time.Time, c candidate, f fleet) decision {
 	t, cfg := c.target, g.cfg
 	switch {
-	case !c.flapping && now.Sub(c.degradedSince) < cfg.RemediateAfter.D():
-		return decision{wait: true, guard: guardRemediateAfter, why: fmt.Sprintf("degraded for %s, acting after %s", now.Sub(c.degradedSince), cfg.RemediateAfter.D())}
-	case !t.Ready:
-		return decision{guard: guardReady, why: "replica is not Ready: it is not serving, nothing to gain"}
+	case t.Terminating:
+		return decision{guard: guardReady, why: "replica is terminating: its replacement is on the way"}
+	case !t.Ready && t.ContainersReady:
+		return decision{guard: guardReady, why: "replica is not Ready, and not for a fault the kubelet sees: nothing to gain"}
 	case c.readySince.IsZero() || now.Sub(c.readySince) < cfg.WarmUp.D():
 		return decision{guard: guardWarmUp, why: fmt.Sprintf("--warm-up: replica Ready for %s (< %s): a fresh replica is judged, not remediated", now.Sub(c.readySince).Round(100*time.Millisecond), cfg.WarmUp.D())}
 	case !t.Remediable:
@@ -90,6 +116,8 @@ func (g *guards) check(now time.Time, c candidate, f fleet) decision {
 		return decision{guard: guardRemediable, why: "replica is not remediable: " + why}
 	case g.inFlight != "":
 		return decision{wait: true, guard: guardInFlight, why: "remediation of " + g.inFlight + " in flight"}
+	case g.memory.Pending != nil:
+		return decision{wait: true, guard: guardInFlight, why: fmt.Sprintf("the replacement of %s (evicted at %s) is not yet Ready and healthy", g.memory.Pending.Replica, g.memory.Pending.At.Format(time.RFC3339))}
 	case now.Before(c.g.retryAt):
 		return decision{wait: true, guard: guardRetry, why: fmt.Sprintf("retry after %s", c.g.retryAt.Format(time.RFC3339))}
 	}
@@ -99,24 +127,58 @@ func (g *guards) check(now time.Time, c candidate, f fleet) decision {
 	if !g.lastAny.IsZero() && now.Sub(g.lastAny) < cfg.GlobalCooldown.D() {
 		return decision{guard: guardGlobalCooldown, why: fmt.Sprintf("--global-cooldown: last remediation %s ago (< %s)", now.Sub(g.lastAny).Round(time.Second), cfg.GlobalCooldown.D())}
 	}
-	// A replica on its way out (evicted, terminating: not Ready) serves nothing; counting
-	// it would make the next real fault look like a wide one. The candidate itself counts.
-	degraded := f.degradedReady
-	if !t.Ready {
-		degraded++
+	if d, spent := g.budgetSpent(now, t); spent {
+		return d
 	}
-	if degraded > cfg.MaxDegraded {
-		return decision{guard: guardMaxDegraded, why: fmt.Sprintf("--max-degraded: %d replicas degraded (> %d): not a local fault, no action", degraded, cfg.MaxDegraded)}
+	unconfirmed := f.unconfirmed
+	if !t.Ready && !clusterConfirms(t) {
+		unconfirmed++ // counted by the fleet only when Ready
+	}
+	if unconfirmed > cfg.MaxDegraded {
+		return decision{guard: guardMaxDegraded, why: fmt.Sprintf("--max-degraded: %d replicas degraded on evidence the cluster does not confirm (> %d): not a local fault, no action", unconfirmed, cfg.MaxDegraded)}
 	}
 	if f.healthyReady < cfg.MinAvailable {
 		return decision{guard: guardMinAvailable, why: fmt.Sprintf("--min-available: %d healthy peers (< %d) would remain", f.healthyReady, cfg.MinAvailable)}
 	}
+	if !c.confirmed() {
+		return decision{wait: true, drain: true, guard: guardIndependent,
+			why: "the healer cannot reach the replica, but the cluster still sees it serving (kubelet readiness, its Lease): no eviction without an independent view"}
+	}
+	if !c.flapping && now.Sub(c.degradedSince) < cfg.RemediateAfter.D() {
+		return decision{wait: true, drain: true, guard: guardRemediateAfter, why: fmt.Sprintf("degraded for %s, evicting after %s", now.Sub(c.degradedSince), cfg.RemediateAfter.D())}
+	}
 	return decision{act: true}
+}
+
+// budgetSpent applies G12: at most EvictionsPerOwner evictions of the replica's owner and
+// EvictionsPerNode on its node in the last hour (from the shared memory).
+func (g *guards) budgetSpent(now time.Time, t replica.Target) (decision, bool) {
+	owner, node := 0, 0
+	for _, a := range g.memory.Actions {
+		if now.Sub(a.At) >= time.Hour {
+			continue
+		}
+		if t.Owner != "" && a.Owner == t.Owner {
+			owner++
+		}
+		if t.Node != "" && a.Node == t.Node {
+			node++
+		}
+	}
+	switch {
+	case t.Owner != "" && owner >= g.cfg.EvictionsPerOwner:
+		return decision{guard: guardBudget, why: fmt.Sprintf("eviction budget spent: %d evictions of this replica's owner in the last hour (guards.evictionsPerOwner %d)", owner, g.cfg.EvictionsPerOwner)}, true
+	case t.Node != "" && node >= g.cfg.EvictionsPerNode:
+		return decision{guard: guardBudget, why: fmt.Sprintf("eviction budget spent: %d evictions on node %s in the last hour (guards.evictionsPerNode %d)", node, t.Node, g.cfg.EvictionsPerNode)}, true
+	}
+	return decision{}, false
 }
 
 func (g *guards) start(name string) { g.inFlight = name }
 
 // done records an outcome in rg (the replica's) and when the replica may be tried again.
+// A remediation blocked or failed waits the longer of the remediator's word (a PDB's
+// Retry-After) and --retry-backoff, doubled on each retry up to --retry-backoff-max.
 func (g *guards) done(now time.Time, rg *replicaGuard, o replica.Outcome) {
 	g.inFlight = ""
 	switch o.Result {
@@ -124,17 +186,14 @@ func (g *guards) done(now time.Time, rg *replicaGuard, o replica.Outcome) {
 		rg.lastAction, g.lastAny = now, now
 		rg.backoff, rg.retryAt = 0, time.Time{}
 	case api.ResultBlocked, api.ResultError:
-		wait := o.RetryAfter
+		wait := rg.backoff
 		if wait <= 0 {
-			wait = rg.backoff
-			if wait <= 0 {
-				wait = g.cfg.RetryBackoff.D()
-			} else {
-				wait = min(2*wait, g.cfg.RetryBackoffMax.D())
-			}
-			rg.backoff = wait
+			wait = g.cfg.RetryBackoff.D()
+		} else {
+			wait = min(2*wait, g.cfg.RetryBackoffMax.D())
 		}
-		rg.retryAt = now.Add(wait)
+		rg.backoff = wait
+		rg.retryAt = now.Add(max(wait, o.RetryAfter))
 	default: // refused: do not retry soon
 		rg.retryAt = now.Add(max(g.cfg.Cooldown.D(), g.cfg.RetryBackoff.D()))
 	}

@@ -15,7 +15,7 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 func targets(names ...string) []replica.Target {
 	var ts []replica.Target
 	for _, n := range names {
-		ts = append(ts, replica.Target{Name: n, Ready: true, Remediable: true})
+		ts = append(ts, replica.Target{Name: n, Ready: true, Remediable: true, ContainersReady: true})
 	}
 	return ts
 }
@@ -41,8 +41,8 @@ func TestGuards(t *testing.T) {
 		why    string
 	}{
 		{name: "one degraded, peers healthy: act", target: ts[1], states: healthyBut("b"), now: t0, act: true},
-		{name: "not ready", target: replica.Target{Name: "b", Remediable: true}, states: healthyBut("b"), now: t0, why: "not Ready"},
-		{name: "not remediable", target: replica.Target{Name: "b", Ready: true, Why: "owned by a StatefulSet"}, states: healthyBut("b"), now: t0, why: "StatefulSet"},
+		{name: "not ready", target: replica.Target{Name: "b", Remediable: true, ContainersReady: true}, states: healthyBut("b"), now: t0, why: "not Ready"},
+		{name: "not remediable", target: replica.Target{Name: "b", Ready: true, ContainersReady: true, Why: "owned by a StatefulSet"}, states: healthyBut("b"), now: t0, why: "StatefulSet"},
 		{name: "one in flight", setup: func(g *guards, _ map[string]*replicaGuard) { g.start("a") }, target: ts[1], states: healthyBut("b"), now: t0, wait: true},
 		{name: "more degraded than max-degraded", target: ts[1], states: healthyBut("b", "c"), now: t0, why: "--max-degraded"},
 		{name: "too few healthy peers", target: ts[1], states: map[string]api.State{"a": api.Suspect, "b": api.Degraded, "c": api.Unknown}, now: t0, why: "--min-available"},
@@ -173,7 +173,7 @@ func fleetOf(ts []replica.Target, states map[string]api.State) fleet {
 		}
 		switch states[t.Name] {
 		case api.Degraded:
-			f.degradedReady++
+			f.unconfirmed++
 		case api.Healthy:
 			f.healthyReady++
 		}

@@ -30,6 +30,12 @@ type replicaState struct {
 	// its flapping was last announced (one Event per window, not one per entry).
 	entries      []time.Time
 	flapNotified time.Time
+	// drained: this healer drained it and has not evicted or undrained it since; drains are
+	// the times of its drains within the drain window (the budget).
+	drained bool
+	drains  []time.Time
+	// partitionReported: its partition (G13) was reported in this episode.
+	partitionReported bool
 }
 
 // enterDegraded records an entry into degraded at now and says whether the replica is

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,6 +54,11 @@ func newDiscovery(inf *watches, pulsePort int, replacements *replacements, log *
 	if _, err := inf.sliceInf.AddEventHandler(handler); err != nil {
 		return nil, fmt.Errorf("endpointslice informer handler: %w", err)
 	}
+	if inf.leaseInformer != nil {
+		if _, err := inf.leaseInformer.AddEventHandler(handler); err != nil {
+			return nil, fmt.Errorf("lease informer handler: %w", err)
+		}
+	}
 	return d, nil
 }
 
@@ -70,8 +76,7 @@ func (d *discovery) subscribe() <-chan struct{} {
 // both may), closes ready when the caches are synced and returns when ctx ends.
 func (d *discovery) Run(ctx context.Context, ready chan<- struct{}) error {
 	d.startOnce.Do(func() {
-		d.inf.podFactory.Start(ctx.Done())
-		d.inf.sliceFactory.Start(ctx.Done())
+		d.inf.start(ctx.Done())
 		go d.waitSynced(ctx)
 	})
 	select {
@@ -104,7 +109,7 @@ func (d *discovery) waitSynced(ctx context.Context) {
 			}
 		}
 	}()
-	if !cache.WaitForCacheSync(ctx.Done(), d.inf.podInformer.HasSynced, d.inf.sliceInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), d.inf.synced()...) {
 		return
 	}
 	d.rebuild()
@@ -147,11 +152,22 @@ func (d *discovery) rebuild() {
 			port = defPort
 		}
 		t := replica.Target{
-			Name:      p.Name,
-			DNSAddr:   net.JoinHostPort(p.Status.PodIP, strconv.Itoa(int(port))),
-			PulseAddr: d.pulseAddr(p),
-			Ready:     podReady(p),
+			Name:            p.Name,
+			DNSAddr:         net.JoinHostPort(p.Status.PodIP, strconv.Itoa(int(port))),
+			PulseAddr:       d.pulseAddr(p),
+			Node:            p.Spec.NodeName,
+			Drained:         conditionIs(p, api.ConditionServing, corev1.ConditionFalse),
+			ContainersReady: conditionIs(p, corev1.ContainersReady, corev1.ConditionTrue) && p.DeletionTimestamp == nil,
+			Terminating:     p.DeletionTimestamp != nil,
+			ClusterView:     true,
 		}
+		// A pod the healer drained is not Ready (its gate is False) but is still meant to
+		// serve as far as its judgment goes: it is the same replica, only without traffic.
+		t.Ready = podReady(p) || t.Drained && t.ContainersReady
+		if ref := metav1.GetControllerOf(p); ref != nil {
+			t.Owner = string(ref.UID)
+		}
+		t.LeaseKnown, t.LeaseFresh = d.lease(p.Name)
 		t.Remediable, t.Why = remediable(p)
 		targets = append(targets, t)
 	}
@@ -164,6 +180,44 @@ func (d *discovery) rebuild() {
 		default:
 		}
 	}
+}
+
+// lease reads the replica's pulse Lease: known when there is one, fresh when it was
+// renewed within its duration and its verdict is not degraded.
+func (d *discovery) lease(pod string) (known, fresh bool) {
+	if d.inf.leases == nil {
+		return false, false
+	}
+	l, err := d.inf.leases.Get(pod)
+	if err != nil {
+		return false, false
+	}
+	return true, leaseFresh(l, time.Now())
+}
+
+// leaseFresh says whether a pulse Lease was renewed within its duration (3 intervals) and
+// does not say degraded.
+func leaseFresh(l *coordinationv1.Lease, now time.Time) bool {
+	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return false
+	}
+	if now.Sub(l.Spec.RenewTime.Time) > time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second {
+		return false
+	}
+	return l.Annotations[AnnotationLeaseVerdict] != "degraded"
+}
+
+// AnnotationLeaseVerdict is where pulse writes its verdict on its Lease.
+const AnnotationLeaseVerdict = "dnspulse.io/verdict"
+
+// conditionIs says whether the pod has condition t with status s.
+func conditionIs(p *corev1.Pod, t corev1.PodConditionType, s corev1.ConditionStatus) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == t {
+			return c.Status == s
+		}
+	}
+	return false
 }
 
 func (d *discovery) pulseAddr(p *corev1.Pod) string {

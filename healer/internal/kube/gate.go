@@ -16,8 +16,12 @@ import (
 	"github.com/dnspulse/dnspulse/healer/api"
 )
 
-// gateResync retries pods whose initial condition could not be set.
-const gateResync = 30 * time.Second
+// gateResync retries pods whose condition could not be set, and looks for abandoned drains.
+const gateResync = 2 * time.Second
+
+// drainAbandonedAfter: a gate False that no drain of this healer holds (a previous leader
+// was killed between drain and eviction, a restore failed) is reopened after this long.
+const drainAbandonedAfter = 5 * time.Second
 
 // gatePatcher sets the readiness-gate condition dnspulse.io/serving on a pod.
 type gatePatcher struct {
@@ -52,19 +56,17 @@ func (g *gatePatcher) set(ctx context.Context, pod *corev1.Pod, status corev1.Co
 }
 
 // gateOpener sets dnspulse.io/serving=True on pods that declare the readiness gate and
-// have no such condition yet: a pod with a readiness gate is not Ready until someone sets
-// its condition, and with --readiness-gate that someone is the healer (the leader). It
-// never touches a condition that is already there, so a pod drained for eviction stays
-// drained.
-//
-// The price of the gate: while no healer leads, new CoreDNS pods that declare it do not
-// become Ready. Declare the gate only together with --readiness-gate.
+// have no such condition yet, and on pods whose condition is False while no drain of this
+// healer holds it (drainAbandonedAfter): a gate must never stay closed because a healer
+// died between a drain and an eviction. pulse opens its own pod's gate too (fail open: the
+// healer absent, no pod stays out of service; docs/design.md, "Fail open").
 type gateOpener struct {
 	pods    *podLister
 	changed <-chan struct{} // a token after every discovery rebuild
 	leader  *leadership
 	gate    *gatePatcher
 	enabled bool // --readiness-gate
+	drains  *drainSet
 	clock   clock.WithTicker
 	log     *slog.Logger
 }
@@ -88,7 +90,16 @@ func (o *gateOpener) run(ctx context.Context) {
 			continue
 		}
 		for _, p := range pods {
-			if !declaresGate(p) || hasCondition(p, api.ConditionServing) || p.DeletionTimestamp != nil {
+			if !declaresGate(p) || p.DeletionTimestamp != nil {
+				continue
+			}
+			if o.abandoned(p) {
+				if rv, ok := opened[p.UID]; o.enabled && o.leader.IsLeader() && (!ok || rv != p.ResourceVersion) && o.reopen(ctx, p) {
+					opened[p.UID] = p.ResourceVersion
+				}
+				continue
+			}
+			if hasCondition(p, api.ConditionServing) {
 				continue
 			}
 			if !o.enabled {
@@ -105,7 +116,7 @@ func (o *gateOpener) run(ctx context.Context) {
 			if rv, ok := opened[p.UID]; ok && rv == p.ResourceVersion {
 				continue
 			}
-			err := o.gate.set(ctx, p, corev1.ConditionTrue, "DNSPulseWatching", "dnspulse: the healer watches this replica")
+			err := o.gate.set(ctx, p, corev1.ConditionTrue, reasonGateOpened, "dnspulse: the healer watches this replica")
 			if err != nil {
 				o.log.Warn("opening the readiness gate", "pod", p.Namespace+"/"+p.Name, "err", err)
 				continue
@@ -114,6 +125,28 @@ func (o *gateOpener) run(ctx context.Context) {
 			o.log.Info("readiness gate opened", "pod", p.Namespace+"/"+p.Name, "condition", api.ConditionServing)
 		}
 	}
+}
+
+// abandoned says whether p's gate is False with no drain of this healer holding it, for
+// longer than drainAbandonedAfter.
+func (o *gateOpener) abandoned(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == api.ConditionServing {
+			return c.Status == corev1.ConditionFalse && !o.drains.has(p.UID) &&
+				o.clock.Since(c.LastTransitionTime.Time) >= drainAbandonedAfter
+		}
+	}
+	return false
+}
+
+func (o *gateOpener) reopen(ctx context.Context, p *corev1.Pod) bool {
+	err := o.gate.set(ctx, p, corev1.ConditionTrue, reasonReopened, "dnspulse: a drain no healer holds (a leader lost between drain and eviction, or a failed restore): serving again")
+	if err != nil {
+		o.log.Warn("reopening an abandoned drain", "pod", p.Namespace+"/"+p.Name, "err", err)
+		return false
+	}
+	o.log.Info("readiness gate reopened: the drain was abandoned", "pod", p.Namespace+"/"+p.Name)
+	return true
 }
 
 func declaresGate(p *corev1.Pod) bool {

@@ -405,7 +405,7 @@ func TestRemediateDryRunWritesNothing(t *testing.T) {
 func TestRemediateReadinessGateThenEvictThenReplacement(t *testing.T) {
 	cfg := baseConfig()
 	cfg.ReadinessGate = true
-	h := newHarness(t, cfg, pod("a", "10.0.0.1", &rsOwner), pod("b", "10.0.0.2", &rsOwner))
+	h := newHarness(t, cfg, gatedPod("a", "10.0.0.1"), gatedPod("b", "10.0.0.2"))
 	h.sync()
 	evictReactor(h, nil)
 	var gateSeen bool
@@ -572,11 +572,45 @@ func TestRemediateDryRunAsksTheServer(t *testing.T) {
 	}
 }
 
-func TestRemediateBlockedRestoresReadinessGate(t *testing.T) {
+// A PodDisruptionBudget that allows none: nothing is drained at all (the server-side dry
+// run says so first), and nothing evicted.
+// gatedPod is a pod that declares the readiness gate, with it open.
+func gatedPod(name, ip string) *corev1.Pod {
+	p := pod(name, ip, &rsOwner)
+	p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: api.ConditionServing}}
+	p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: api.ConditionServing, Status: corev1.ConditionTrue})
+	return p
+}
+
+func TestRemediateBlockedDrainsNothing(t *testing.T) {
 	cfg := baseConfig()
 	cfg.ReadinessGate = true
-	h := newHarness(t, cfg, pod("a", "10.0.0.1", &rsOwner))
+	h := newHarness(t, cfg, gatedPod("a", "10.0.0.1"))
 	h.sync()
+	evictReactor(h, errTooManyRequests(0))
+	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
+	if out.Result != "blocked" || !strings.Contains(out.Message, "not drained") {
+		t.Fatalf("outcome %+v, want blocked before any drain", out)
+	}
+	if w := h.writes(); len(w) != 0 {
+		t.Fatalf("writes = %v, want none (a dry run only)", w)
+	}
+	d := h.m.remediator
+	if out := d.Drain(h.ctx, target("a", "10.0.0.1"), []string{"x"}); out.Result != "blocked" || len(h.writes()) != 0 {
+		t.Fatalf("Drain with the PDB spent: %+v, writes %v; want blocked and nothing written", out, h.writes())
+	}
+}
+
+// An eviction refused after the drain (a PDB that changed between the dry run and the
+// eviction): the gate is restored.
+func TestRemediateBlockedAfterDrainRestoresReadinessGate(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ReadinessGate = true
+	h := newHarness(t, cfg, gatedPod("a", "10.0.0.1"))
+	h.sync()
+	if out := h.m.remediator.Drain(h.ctx, target("a", "10.0.0.1"), []string{"probe timeouts"}); out.Result != "success" {
+		t.Fatalf("drain: %+v", out)
+	}
 	evictReactor(h, errTooManyRequests(0))
 	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
 	if out.Result != "blocked" || !strings.Contains(out.Message, "True restored") {
@@ -594,15 +628,6 @@ func TestRemediateBlockedRestoresReadinessGate(t *testing.T) {
 	}
 }
 
-func conditionIs(p *corev1.Pod, typ corev1.PodConditionType, st corev1.ConditionStatus) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == typ {
-			return c.Status == st
-		}
-	}
-	return false
-}
-
 func TestOpenGates(t *testing.T) {
 	gated := func(name, ip string) *corev1.Pod {
 		p := pod(name, ip, &rsOwner)
@@ -611,12 +636,14 @@ func TestOpenGates(t *testing.T) {
 	}
 	fresh := gated("fresh", "10.0.0.1")
 	drained := gated("drained", "10.0.0.2")
-	drained.Status.Conditions = append(drained.Status.Conditions, corev1.PodCondition{Type: api.ConditionServing, Status: corev1.ConditionFalse})
+	drained.Status.Conditions = append(drained.Status.Conditions, corev1.PodCondition{Type: api.ConditionServing, Status: corev1.ConditionFalse,
+		LastTransitionTime: metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))})
 	plain := pod("plain", "10.0.0.3", &rsOwner)
 
 	cfg := baseConfig()
 	cfg.ReadinessGate = true
 	h := newHarness(t, cfg, fresh, drained, plain)
+	h.m.remediator.drains.add(drained.UID, h.clock.Now()) // a drain this healer holds
 	go h.m.gates.run(h.ctx)
 	h.sync()
 	eventually(t, "gate opened on the new pod", func() bool {
@@ -640,4 +667,12 @@ func TestOpenGates(t *testing.T) {
 	if strings.Join(patched, ",") != "fresh,late" {
 		t.Fatalf("patched %v, want only fresh and late", patched)
 	}
+	// The healer no longer holds the drain (a leader killed between drain and eviction):
+	// the gate is reopened once drainAbandonedAfter has passed.
+	h.m.remediator.drains.forget(drained.UID)
+	h.clock.Step(drainAbandonedAfter + gateResync)
+	eventually(t, "the abandoned drain reopened", func() bool {
+		p, err := h.client.CoreV1().Pods(testNS).Get(h.ctx, "drained", metav1.GetOptions{})
+		return err == nil && conditionIs(p, api.ConditionServing, corev1.ConditionTrue)
+	})
 }

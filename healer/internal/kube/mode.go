@@ -19,7 +19,12 @@
 //	""                 services          get, update  (resourceNames: [<--canary-service>])
 //	""                 services          create       (create cannot be limited by name)
 //	# in the leader election namespace (--leader-elect-namespace)
-//	coordination.k8s.io leases           get, create, update
+//	coordination.k8s.io leases           get, update  (resourceNames: [<lease>, <lease>-memory])
+//	coordination.k8s.io leases           create       (create cannot be limited by name)
+//	# in the pulse Lease namespace (--pulse-lease-namespace), when given
+//	coordination.k8s.io leases           get, list, watch
+//	# in the healer's own namespace ($POD_NAMESPACE): Events on its own pod
+//	events.k8s.io      events            create, patch
 //
 // The delete verb is listed for completeness: without --allow-delete this package never
 // deletes, and a chart that does not set it should not grant it. smoke_test.go runs the
@@ -81,6 +86,7 @@ type Mode struct {
 	gates       *gateOpener
 	canary      *canary
 	elector     *elector
+	memory      *memoryStore
 	broadcaster events.EventBroadcaster
 	log         *slog.Logger
 	audit       AuditFunc
@@ -128,6 +134,9 @@ func NewWithClient(ctx context.Context, cfg config.Kubernetes, opts Options, cli
 	if err != nil {
 		return nil, err
 	}
+	if cfg.PulseLeaseNamespace != "" {
+		inf.watchLeases(client, cfg.PulseLeaseNamespace)
+	}
 	leader := &leadership{}
 	if !cfg.LeaderElection.Enabled {
 		leader.set(true)
@@ -140,16 +149,18 @@ func NewWithClient(ctx context.Context, cfg config.Kubernetes, opts Options, cli
 		return nil, err
 	}
 	gate := &gatePatcher{client: client, clock: opts.Clock}
+	drains := newDrainSet()
 	m.remediator = &remediator{
 		client: client, pods: inf.pods, namespace: cfg.Namespace, leader: leader,
 		leaseRef:      cfg.LeaderElection.Namespace + "/" + cfg.LeaderElection.Lease,
 		identity:      opts.Identity,
 		readinessGate: cfg.ReadinessGate, allowDelete: cfg.AllowDelete,
 		gate: gate, notifier: m.notifier, replacements: replacements, baseCtx: ctx, log: log,
-		blocked: newBackoff(),
+		blocked: newBackoff(), drains: drains,
 	}
 	m.gates = &gateOpener{pods: inf.pods, changed: m.discovery.subscribe(), leader: leader, gate: gate,
-		enabled: cfg.ReadinessGate, clock: opts.Clock, log: log}
+		enabled: cfg.ReadinessGate, drains: drains, clock: opts.Clock, log: log}
+	m.memory = &memoryStore{client: client, namespace: cfg.LeaderElection.Namespace, name: MemoryLeaseName(cfg.LeaderElection.Lease)}
 	if cfg.Canary.Enabled {
 		m.canary = newCanary(client, cfg.Canary, cfg.ClusterDomain, leader, opts.Clock, log, opts.Audit)
 	}
@@ -207,6 +218,14 @@ func (m *Mode) Discovery() replica.Discovery { return m.discovery }
 
 // Remediator evicts pods (leader only).
 func (m *Mode) Remediator() replica.Remediator { return m.remediator }
+
+// Drainer drains pods through the readiness gate, or is nil with --readiness-gate off.
+func (m *Mode) Drainer() replica.Drainer {
+	if !m.cfg.ReadinessGate {
+		return nil
+	}
+	return m.remediator
+}
 
 // Notifier records Events on the pods.
 func (m *Mode) Notifier() replica.Notifier { return m.notifier }

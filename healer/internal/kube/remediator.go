@@ -48,6 +48,9 @@ type remediator struct {
 	baseCtx context.Context
 	log     *slog.Logger
 	blocked *backoff
+	// drains are the pods this healer drained and still means to evict: the gate opener
+	// leaves them alone, and reopens any other gate left False.
+	drains *drainSet
 }
 
 func (r *remediator) Remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {
@@ -60,8 +63,7 @@ func (r *remediator) Remediate(ctx context.Context, t replica.Target, reasons []
 func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {
 	ref := r.namespace + "/" + t.Name
 	if !r.leader.IsLeader() {
-		return replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused,
-			Message: fmt.Sprintf("not the leader (identity %s): only the leader of lease %s acts", r.identity, r.leaseRef)}
+		return r.notLeader()
 	}
 	pod, refusal := r.recheck(ctx, t)
 	if refusal != nil {
@@ -81,8 +83,17 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 
 	var notes []string
 	gateSet := false
-	if r.readinessGate {
-		if err := r.gate.set(ctx, pod, corev1.ConditionFalse, "DNSReplicaDegraded", "dnspulse: "+why); err != nil {
+	if r.readinessGate && declaresGate(pod) && !conditionIs(pod, api.ConditionServing, corev1.ConditionFalse) {
+		// Nothing is drained that cannot be evicted: ask the apiserver first (PDB included).
+		if ok, why := r.CanEvict(ctx, t); !ok {
+			msg := "not drained, not evicted: " + why
+			r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
+			return replica.Outcome{Action: api.ActionEvict, Result: api.ResultBlocked, Message: msg, RetryAfter: r.blocked.next(pod.UID, nil)}
+		}
+		if !r.leader.IsLeader() {
+			return r.notLeader()
+		}
+		if err := r.gate.set(ctx, pod, corev1.ConditionFalse, reasonDrained, "dnspulse: "+why); err != nil {
 			// Draining first is a courtesy; the eviction still ends the pod gracefully.
 			notes = append(notes, fmt.Sprintf("setting condition %s=False on pod %s failed: %v", api.ConditionServing, ref, err))
 			r.notifier.event(pod, api.ReasonReadinessGateFailed, notes[len(notes)-1])
@@ -95,17 +106,37 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 	}
 
 	existing := r.pods.ownedBy(owner.UID)
+	if !r.leader.IsLeader() { // leadership is re-checked right before every mutating call
+		out := r.notLeader()
+		if gateSet {
+			out.Message += r.restoreGate(ctx, pod, "no longer the leader")
+		}
+		return out
+	}
 	out := r.evictAndReport(ctx, pod, owner, existing, notes, why)
-	if gateSet && out.Result != api.ResultSuccess {
+	if out.Result == api.ResultSuccess {
+		r.drains.forget(pod.UID)
+	}
+	if out.Result != api.ResultSuccess && (gateSet || conditionIs(pod, api.ConditionServing, corev1.ConditionFalse)) {
 		// The pod stays: it must not stay drained because of an eviction that did not happen.
 		// The next attempt drains it again.
-		if err := r.gate.set(ctx, pod, corev1.ConditionTrue, "EvictionNotDone", "dnspulse: eviction "+string(out.Result)+"; serving again until the next attempt"); err != nil {
-			out.Message += fmt.Sprintf("; restoring condition %s=True failed: %v", api.ConditionServing, err)
-		} else {
-			out.Message += fmt.Sprintf("; condition %s=True restored", api.ConditionServing)
-		}
+		out.Message += r.restoreGate(ctx, pod, "eviction "+string(out.Result))
 	}
 	return out
+}
+
+// restoreGate sets the condition back to True (the pod is not evicted) and says how it went.
+func (r *remediator) restoreGate(ctx context.Context, pod *corev1.Pod, why string) string {
+	r.drains.forget(pod.UID)
+	if err := r.gate.set(ctx, pod, corev1.ConditionTrue, "EvictionNotDone", "dnspulse: "+why+"; serving again until the next attempt"); err != nil {
+		return fmt.Sprintf("; restoring condition %s=True failed: %v (the gate opener retries)", api.ConditionServing, err)
+	}
+	return fmt.Sprintf("; condition %s=True restored", api.ConditionServing)
+}
+
+func (r *remediator) notLeader() replica.Outcome {
+	return replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused,
+		Message: fmt.Sprintf("not the leader (identity %s): only the leader of lease %s acts", r.identity, r.leaseRef)}
 }
 
 func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string) replica.Outcome {
@@ -254,6 +285,8 @@ type backoff struct {
 
 func newBackoff() *backoff { return &backoff{refused: map[types.UID]int{}} }
 
+// next is the wait after a refusal: the server's Retry-After when it gives one, else
+// exponential per pod. The engine takes the longer of this and --retry-backoff.
 func (b *backoff) next(uid types.UID, err error) time.Duration {
 	b.mu.Lock()
 	n := b.refused[uid]

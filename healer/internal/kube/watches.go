@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +26,38 @@ type watches struct {
 	podInformer, sliceInf    cache.SharedIndexInformer
 	pods                     *podLister
 	slices                   discoverylisters.EndpointSliceNamespaceLister
+	// The pulse Leases, when their namespace is given: the replicas' own word through the
+	// apiserver.
+	leaseFactory  informers.SharedInformerFactory
+	leaseInformer cache.SharedIndexInformer
+	leases        coordinationlisters.LeaseNamespaceLister
+	leaseNS       string
+}
+
+// synced lists the informers' HasSynced.
+func (w *watches) synced() []cache.InformerSynced {
+	s := []cache.InformerSynced{w.podInformer.HasSynced, w.sliceInf.HasSynced}
+	if w.leaseInformer != nil {
+		s = append(s, w.leaseInformer.HasSynced)
+	}
+	return s
+}
+
+// start starts every informer.
+func (w *watches) start(stop <-chan struct{}) {
+	w.podFactory.Start(stop)
+	w.sliceFactory.Start(stop)
+	if w.leaseFactory != nil {
+		w.leaseFactory.Start(stop)
+	}
+}
+
+// watchLeases adds the informer of the pulse Leases in namespace ns.
+func (w *watches) watchLeases(client kubernetes.Interface, ns string) {
+	w.leaseNS = ns
+	w.leaseFactory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns))
+	w.leaseInformer = w.leaseFactory.Coordination().V1().Leases().Informer()
+	w.leases = w.leaseFactory.Coordination().V1().Leases().Lister().Leases(ns)
 }
 
 func newWatches(client kubernetes.Interface, namespace, selector, service string) (*watches, error) {

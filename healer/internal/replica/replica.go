@@ -27,6 +27,24 @@ type Target struct {
 	// by a ReplicaSet or DaemonSet); Why says why.
 	Remediable bool
 	Why        string
+	// Owner is the UID of the controller that recreates it ("" in static mode), Node the
+	// node it runs on: the eviction budgets count per owner and per node.
+	Owner, Node string
+	// Drained: the healer's readiness-gate condition is False on it (traffic removed).
+	Drained bool
+	// Terminating: it is on its way out (deleted, evicted).
+	Terminating bool
+	// Serving is the cluster's own, independent view of the replica: the kubelet's
+	// container readiness (ContainersReady; true in static mode), and the replica's pulse
+	// Lease when there is one (LeaseFresh: renewed lately and not degraded; LeaseKnown:
+	// a Lease is read at all). The healer cannot reach a replica is not proof that it is
+	// broken: these can say otherwise (docs/design.md, "Reachability is not proof").
+	ContainersReady bool
+	LeaseKnown      bool
+	LeaseFresh      bool
+	// ClusterView: there is such a view at all (Kubernetes mode); without one (static
+	// mode) unreachability is all the evidence there can be.
+	ClusterView bool
 }
 
 // Discovery yields the current set of replicas.
@@ -49,6 +67,16 @@ type Outcome struct {
 	Message string
 	// RetryAfter, when non-zero, is how long to wait before trying again ("blocked").
 	RetryAfter time.Duration
+}
+
+// Drainer takes a replica out of service and back, reversibly, before it is replaced: the
+// Kubernetes mode's readiness gate. A mode that cannot drain does not implement it.
+type Drainer interface {
+	// CanEvict asks whether an eviction would be admitted now (a server-side dry run: the
+	// PodDisruptionBudget included), so that nothing is drained that cannot be replaced.
+	CanEvict(ctx context.Context, t Target) (ok bool, why string)
+	Drain(ctx context.Context, t Target, reasons []string) Outcome
+	Undrain(ctx context.Context, t Target, why string) Outcome
 }
 
 // Remediator replaces one degraded replica. Guards common to every mode (one in flight,
@@ -78,4 +106,35 @@ type FreshnessSource interface {
 	// fresh enough: it is the current value, or a previous value replaced less than MaxLag
 	// (plus what a cache may hold it: its TTL) before 'at'.
 	Accept(target string, at time.Time, ttl time.Duration) (ok bool, why string)
+}
+
+// Memory is what the guards must remember across leaders and restarts: the evictions of
+// the last hour (cooldowns, budgets) and the one whose replacement is awaited (one at a
+// time). Kubernetes mode keeps it in the cluster; static mode in the process.
+type Memory struct {
+	Actions []ActionRecord `json:"actions"`
+	Pending *Pending       `json:"pending,omitempty"`
+}
+
+// ActionRecord is one eviction (or exec) that happened.
+type ActionRecord struct {
+	Replica string    `json:"replica"`
+	Owner   string    `json:"owner,omitempty"`
+	Node    string    `json:"node,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Pending is an eviction whose replacement is not yet Ready and judged healthy.
+type Pending struct {
+	Replica string    `json:"replica"`
+	Owner   string    `json:"owner,omitempty"`
+	At      time.Time `json:"at"`
+	// Existing are the owner's replicas at the eviction: none of them is the replacement.
+	Existing []string `json:"existing,omitempty"`
+}
+
+// MemoryStore loads and saves the guards' Memory.
+type MemoryStore interface {
+	Load(ctx context.Context) (Memory, error)
+	Save(ctx context.Context, m Memory) error
 }
