@@ -19,6 +19,7 @@
 package detect
 
 import (
+	"slices"
 	"time"
 
 	"github.com/dnspulse/dnspulse/healer/api"
@@ -53,20 +54,27 @@ type Detector struct {
 	checkHealth  [maxChecks]checkHealth
 	broken       [maxChecks]bool
 	checkChanges []CheckChange
-	// scratch is reused by Evaluate so that judging allocates only for reasons; it is
-	// valid only during one call of Evaluate.
+	// scratch is the last full judgment (its views and the peers' summary), updated in
+	// place by the partial ones that follow it; index maps a name to its place there.
 	scratch evaluation
+	index   map[string]int
+	// dirty are the replicas with new evidence since the last judgment; lastFull the time of
+	// the last full one; changed that the set of replicas changed since.
+	dirty    []*evidence
+	lastFull time.Time
+	changed  bool
 }
 
 // New makes a detector for the given checks (indexed as probe.Result.Check); a replica is
 // young for the given time after it became Ready (the guards' warm-up).
 func New(th config.Thresholds, checks []check.Check, young time.Duration) *Detector {
 	return &Detector{th: th, checks: checks, young: young, replicas: make(map[string]*evidence),
-		majority: map[int]*majorityCache{}, maxTTL: map[int]time.Duration{}}
+		majority: map[int]*majorityCache{}, maxTTL: map[int]time.Duration{}, index: map[string]int{}}
 }
 
 // SetTargets replaces the set of replicas at now; the evidence of those that stay is kept.
 func (d *Detector) SetTargets(targets []replica.Target, now time.Time) {
+	d.changed = true // judged all at once next time
 	seen := make(map[string]bool, len(targets))
 	for _, t := range targets {
 		seen[t.Name] = true
@@ -85,9 +93,12 @@ func (d *Detector) SetTargets(targets []replica.Target, now time.Time) {
 		}
 		r.target = t
 	}
-	for name := range d.replicas {
+	for name, r := range d.replicas {
 		if !seen[name] {
 			delete(d.replicas, name)
+			if r.dirty {
+				d.dirty = slices.DeleteFunc(d.dirty, func(x *evidence) bool { return x == r })
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"fmt"
 	"errors"
 	"slices"
 	"sort"
@@ -648,11 +649,63 @@ func TestPeerMedian(t *testing.T) {
 
 // BenchmarkEvaluate100 is the detector's cost per evaluation with 100 replicas, the
 // healer's scale target.
-func BenchmarkEvaluate100(b *testing.B) {
+func BenchmarkEvaluate100(b *testing.B)  { benchmarkEvaluate(b, 100) }
+func BenchmarkEvaluate1000(b *testing.B) { benchmarkEvaluate(b, 1000) }
+
+// The engine's load at 1,000 replicas: a burst of results every 4 ms (6% of the replicas,
+// 15,000 results a second) and a judgment after each; Partial is Evaluate (the cost follows
+// the changes), All judges every replica every time (what it did before).
+func BenchmarkEvaluateBurst1000Partial(b *testing.B) { benchmarkBurst(b, 1000, false) }
+func BenchmarkEvaluateBurst1000All(b *testing.B)     { benchmarkBurst(b, 1000, true) }
+
+func benchmarkBurst(b *testing.B, n int, all bool) {
 	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
 	var ts []replica.Target
-	for i := 0; i < 100; i++ {
-		ts = append(ts, replica.Target{Name: string(rune('A'+i/26)) + string(rune('a'+i%26)), DNSAddr: "x", PulseAddr: "y", Ready: true, Remediable: true})
+	for i := 0; i < n; i++ {
+		ts = append(ts, replica.Target{Name: fmt.Sprintf("r%04d", i), DNSAddr: "x", PulseAddr: "y", Ready: true, Remediable: true})
+	}
+	d.SetTargets(ts, t0)
+	now := t0
+	k := 0
+	hbs := make([]hbreader.Result, 16) // built ahead: the detector's cost is measured, not the test's
+	for i := range hbs {
+		hbs[i] = okPulse("", 0, uint64(i))
+	}
+	feed := func(m int) {
+		for j := 0; j < m; j++ {
+			tg := ts[k%n]
+			k++
+			r := okProbe(tg.Name, 0)
+			r.Replica, r.Sent = tg.Name, now
+			d.ObserveProbe(r)
+			p := hbs[(k/n)%len(hbs)]
+			p.Replica = tg.Name
+			d.ObserveHeartbeat(p)
+		}
+	}
+	for range 10 * n / 60 {
+		now = now.Add(4 * time.Millisecond)
+		feed(60)
+		d.Evaluate(now)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		now = now.Add(4 * time.Millisecond)
+		feed(60)
+		if all {
+			d.evaluateAll(now)
+		} else {
+			d.Evaluate(now)
+		}
+	}
+}
+
+func benchmarkEvaluate(b *testing.B, n int) {
+	d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
+	var ts []replica.Target
+	for i := 0; i < n; i++ {
+		ts = append(ts, replica.Target{Name: fmt.Sprintf("r%04d", i), DNSAddr: "x", PulseAddr: "y", Ready: true, Remediable: true})
 	}
 	d.SetTargets(ts, t0)
 	now := t0

@@ -3,6 +3,7 @@ package detect
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dnspulse/dnspulse/healer/api"
@@ -28,15 +29,102 @@ type globalEpisode struct {
 	ended time.Time
 }
 
-// Evaluate judges every replica at now and returns the transitions, sorted by replica. It
-// costs O(n log n) for n replicas and allocates only for reasons, so the engine can call
-// it on every burst of results.
+// fullEvery bounds how long a replica goes unjudged when no new evidence of it comes (the
+// time-driven rules: spans, graces, a global episode): every replica is judged at least this
+// often; in between, only those with new evidence are.
+const fullEvery = 50 * time.Millisecond
+
+// Evaluate judges the replicas at now and returns the transitions, sorted by replica. Its
+// cost follows the changes, not the fleet: between two full judgments (every fullEvery, and
+// whenever a replica's probes fail or a global episode is under way) only the replicas with
+// new evidence are judged, against the peers' summary of the last full judgment. A full one
+// costs O(n log n) for n replicas; neither allocates but for reasons.
 func (d *Detector) Evaluate(now time.Time) []Transition {
+	if d.partialOK(now) {
+		if out, ok := d.evaluateDirty(now); ok {
+			return out
+		}
+	}
+	return d.evaluateAll(now)
+}
+
+// markDirty notes new evidence of r.
+func (d *Detector) markDirty(r *evidence) {
+	if !r.dirty {
+		r.dirty = true
+		d.dirty = append(d.dirty, r)
+	}
+}
+
+func (d *Detector) clearDirty() {
+	for _, r := range d.dirty {
+		r.dirty = false
+	}
+	d.dirty = d.dirty[:0]
+}
+
+// partialOK says whether judging only the replicas with new evidence is enough now.
+func (d *Detector) partialOK(now time.Time) bool {
+	return !d.lastFull.IsZero() && !d.changed && now.Sub(d.lastFull) < fullEvery && !now.Before(d.lastFull) &&
+		!d.global.active && d.global.since.IsZero()
+}
+
+// evaluateDirty judges the replicas with new evidence against the last full judgment; ok is
+// false when a full one is needed (a replica's probes fail: R1's witness and R4 look at
+// everyone).
+func (d *Detector) evaluateDirty(now time.Time) ([]Transition, bool) {
+	ev := &d.scratch
+	ev.now = now
+	slices.SortFunc(d.dirty, func(a, b *evidence) int { return strings.Compare(a.target.Name, b.target.Name) })
+	for _, r := range d.dirty {
+		i, ok := d.index[r.target.Name]
+		if !ok {
+			return nil, false
+		}
+		e := d.judgeExternal(r, now)
+		d.applyLatency(ev, r, &e)
+		if e.failing {
+			return nil, false
+		}
+		ev.ext[i] = e
+	}
+	var out []Transition
+	for _, r := range d.dirty {
+		i := d.index[r.target.Name]
+		to, reasons, since, learn := d.judge(ev, i)
+		if learn {
+			r.ownLatency.Observe(ev.ext[i].latency)
+		}
+		if tr, ok := d.transition(r, to, reasons, since, now); ok {
+			out = append(out, tr)
+		}
+	}
+	d.clearDirty()
+	return out, true
+}
+
+// transition moves r to state to, returning the Transition when it changes.
+func (d *Detector) transition(r *evidence, to api.State, reasons []string, since, now time.Time) (Transition, bool) {
+	if to == r.state {
+		return Transition{}, false
+	}
+	if reasons == nil {
+		reasons = []string{}
+	}
+	tr := Transition{Replica: r.target.Name, From: r.state, To: to, Reasons: reasons, At: now, Since: since}
+	r.state = to
+	return tr, true
+}
+
+// evaluateAll judges every replica.
+func (d *Detector) evaluateAll(now time.Time) []Transition {
+	d.lastFull, d.changed = now, false
+	d.clearDirty()
 	ev := d.prepare(now)
 	d.updateChecks(ev)
 	global, failing, ready := d.updateGlobal(ev)
 	var out []Transition
-	for i, n := range ev.names {
+	for i := range ev.names {
 		r := ev.replicas[i]
 		var to api.State
 		var reasons []string
@@ -52,14 +140,9 @@ func (d *Detector) Evaluate(now time.Time) []Transition {
 				r.ownLatency.Observe(ev.ext[i].latency)
 			}
 		}
-		if to == r.state {
-			continue
+		if tr, ok := d.transition(r, to, reasons, since, now); ok {
+			out = append(out, tr)
 		}
-		if reasons == nil {
-			reasons = []string{}
-		}
-		out = append(out, Transition{Replica: n, From: r.state, To: to, Reasons: reasons, At: now, Since: since})
-		r.state = to
 	}
 	return out
 }
@@ -75,6 +158,10 @@ func (d *Detector) prepare(now time.Time) *evaluation {
 			ev.names = append(ev.names, n)
 		}
 		slices.Sort(ev.names)
+		clear(d.index)
+		for i, n := range ev.names {
+			d.index[n] = i
+		}
 	}
 	ev.replicas = ev.replicas[:0]
 	ev.ext = slices.Grow(ev.ext[:0], len(ev.names))[:len(ev.names)]
@@ -99,27 +186,31 @@ func (d *Detector) prepare(now time.Time) *evaluation {
 	}
 	pe.sort()
 	for i, r := range ev.replicas {
-		e := &ev.ext[i]
-		if e.latency == 0 {
-			continue
-		}
-		mf, ok := pe.probeLat.peerMedian(float64(e.latency), r.target.Ready)
-		if !ok {
-			continue
-		}
-		m := time.Duration(mf)
-		since := d.slowSince(e, m, now)
-		if since.IsZero() {
-			continue
-		}
-		e.failing = true
-		e.reasons = append(e.reasons, fmt.Sprintf("probes slower than peers (%s) for %s, the latest %s",
-			m.Round(100*time.Microsecond), now.Sub(since).Round(time.Millisecond), e.lastAnswered().latency.Round(time.Millisecond)))
-		if e.since.IsZero() || since.Before(e.since) {
-			e.since = since
-		}
+		d.applyLatency(ev, r, &ev.ext[i])
 	}
 	return ev
+}
+
+// applyLatency applies R10 to r's external view e against the peers' median probe latency.
+func (d *Detector) applyLatency(ev *evaluation, r *evidence, e *externalView) {
+	if e.latency == 0 {
+		return
+	}
+	mf, ok := ev.peers.probeLat.peerMedian(float64(e.latency), r.target.Ready)
+	if !ok {
+		return
+	}
+	m := time.Duration(mf)
+	since := d.slowSince(e, m, ev.now)
+	if since.IsZero() {
+		return
+	}
+	e.failing = true
+	e.reasons = append(e.reasons, fmt.Sprintf("probes slower than peers (%s) for %s, the latest %s",
+		m.Round(100*time.Microsecond), ev.now.Sub(since).Round(time.Millisecond), e.lastAnswered().latency.Round(time.Millisecond)))
+	if e.since.IsZero() || since.Before(e.since) {
+		e.since = since
+	}
 }
 
 // isYoung says whether r became Ready less than the warm-up ago (R14).

@@ -45,6 +45,8 @@ type evidence struct {
 	// its heartbeat unreachable, nothing it said was wrong): a partition of the healer's
 	// network path would look the same (docs/design.md, "Reachability is not proof").
 	unreachable bool
+	// dirty: new evidence since the last judgment.
+	dirty bool
 }
 
 func newEvidence(state api.State) *evidence {
@@ -92,6 +94,7 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	if !ok || res.Late {
 		return // a probe the healer itself was too stalled to judge says nothing
 	}
+	d.markDirty(r)
 	if res.TTL > d.maxTTL[res.Check] {
 		d.maxTTL[res.Check] = res.TTL
 	}
@@ -165,6 +168,7 @@ func (d *Detector) ObserveHeartbeat(res hbreader.Result) {
 	if !ok || res.Kind == hbreader.Late {
 		return
 	}
+	d.markDirty(r)
 	cp := res
 	r.read = &cp
 	if res.Kind == hbreader.OK {

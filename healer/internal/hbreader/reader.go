@@ -126,8 +126,10 @@ func (r *reader) fire() {
 }
 
 func (r *reader) readOnce() {
-	defer r.inFlight.Store(false)
 	res := r.read()
+	// The slot is free before the result is handed over: a busy engine must not slow the
+	// reading down (the next read may start while this result waits).
+	r.inFlight.Store(false)
 	if r.Ctx.Err() != nil {
 		return
 	}
