@@ -1,8 +1,8 @@
 package detect
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"testing"
