@@ -56,7 +56,7 @@ func (c config) selfProbeTimeout() time.Duration {
 var windowSpans = []time.Duration{time.Second, 10 * time.Second, 60 * time.Second}
 
 // runner serves one listener for one CoreDNS instance: the ticker (seq, heartbeat,
-// self-probe, metrics, lease), the janitor that prepares store slots, and GET /pulse. A
+// self-probe, metrics, lease), the janitor that snapshots the store, and GET /pulse. A
 // reload stops it and starts the next instance's runner on the same hub.
 type runner struct {
 	cfg       config
@@ -124,8 +124,9 @@ func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
 	w.Write(*r.body.Load())
 }
 
-// janitor prepares the store's next slots. It runs at half the fine slot width, apart
-// from the ticker, so a long tick never leaves writers an unprepared slot.
+// janitor snapshots the store's counters and recalibrates the clock. It runs at half the
+// fine snapshot interval, apart from the ticker, so a long tick does not coarsen the
+// windows; a late janitor only makes a window longer, it loses no count.
 func (r *runner) janitor(ctx context.Context) {
 	t := time.NewTicker(fineWidth / 2)
 	defer t.Stop()
@@ -135,7 +136,7 @@ func (r *runner) janitor(ctx context.Context) {
 			return
 		case <-t.C:
 			r.hub.clock.calibrate()
-			r.hub.store.prepare(r.hub.now())
+			r.hub.store.snapshot(r.hub.now())
 		}
 	}
 }

@@ -82,7 +82,7 @@ func (p *Pulse) done(rw *recorder, status int) {
 	if kind == dns.RcodeServerFailure {
 		source = sourceHash(rw.ResponseWriter.RemoteAddr())
 	}
-	p.hub.store.record(shardHint(), p.hub.clock.since(end), p.hub.clock.elapsed(rw.start, end), kind, source)
+	p.hub.store.record(shardHint(), p.hub.clock.elapsed(rw.start, end), kind, source)
 	putRecorder(rw)
 }
 
@@ -124,6 +124,12 @@ type hub struct {
 	probeID atomic.Uint32
 }
 
+func newHub(addr string, shards int) *hub {
+	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards)}
+	h.store.snapshot(0)
+	return h
+}
+
 func (h *hub) now() time.Duration { return h.clock.now() }
 
 var (
@@ -138,8 +144,7 @@ func hubFor(addr string, shards int) *hub {
 	if h, ok := hubs[addr]; ok {
 		return h
 	}
-	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards)}
-	h.store.prepare(0)
+	h := newHub(addr, shards)
 	hubs[addr] = h
 	return h
 }

@@ -14,9 +14,7 @@ import (
 )
 
 func newTestPulse(next plugin.Handler) *Pulse {
-	h := &hub{addr: "test", clock: newClock(), started: time.Now(), store: newStore(2)}
-	h.store.prepare(0)
-	return &Pulse{Next: next, hub: h, probeName: "dnspulse-self-probe.", answerProbe: true}
+	return &Pulse{Next: next, hub: newHub("test", 2), probeName: "dnspulse-self-probe.", answerProbe: true}
 }
 
 func (p *Pulse) window1s() map[string]uint64 {
