@@ -3,6 +3,10 @@ package pulse
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,7 +70,6 @@ func TestServeDNSRcodePaths(t *testing.T) {
 		{"dropped: nothing written, error returned with 0", test.NextHandler(dns.RcodeSuccess, errors.New("x")), "dropped", 0, true},
 		{"written wins over returned", writeRcode(dns.RcodeNameError, dns.RcodeServerFailure), "NXDOMAIN", 2, false},
 		{"Write([]byte) path", writeBytes(dns.RcodeRefused), "REFUSED", 5, false},
-		{"no next plugin", nil, "SERVFAIL", 2, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,14 +137,150 @@ func TestCustomSelfProbeGoesThroughChain(t *testing.T) {
 	}
 }
 
-func TestServeDNSDoesNotAllocate(t *testing.T) {
+// TestServeDNSAllocatesOnlyTheRecorder: the one allocation per query is the recorder,
+// which cannot be pooled (see recorder.go); nothing else on the hot path allocates.
+func TestServeDNSAllocatesOnlyTheRecorder(t *testing.T) {
 	p := newTestPulse(test.NextHandler(dns.RcodeSuccess, nil))
 	req := new(dns.Msg)
 	req.SetQuestion("example.org.", dns.TypeA)
 	w := &test.ResponseWriter{}
 	ctx := context.Background()
-	p.ServeDNS(ctx, w, req) // warm the recorder pool
-	if n := testing.AllocsPerRun(1000, func() { p.ServeDNS(ctx, w, req) }); n != 0 {
-		t.Fatalf("ServeDNS allocates %v times per query, want 0", n)
+	if n := testing.AllocsPerRun(1000, func() { p.ServeDNS(ctx, w, req) }); n != 1 {
+		t.Fatalf("ServeDNS allocates %v times per query, want 1 (the recorder)", n)
+	}
+}
+
+// TestNoNextPluginRefusesAndCountsNothing: an empty server block (`example.org { }`) is
+// refused by the server; with pulse in it, pulse is the whole chain and must answer the
+// same and count nothing (CoreDNS's TestNoPlugins).
+func TestNoNextPluginRefusesAndCountsNothing(t *testing.T) {
+	p := newTestPulse(nil)
+	req := new(dns.Msg)
+	req.SetQuestion("example.org.", dns.TypeA)
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	status, err := p.ServeDNS(context.Background(), rec, req)
+	if status != dns.RcodeRefused || err != nil || rec.Msg != nil {
+		t.Fatalf("ServeDNS = %d, %v, wrote %v; want REFUSED for the server to write, no error, nothing written", status, err, rec.Msg)
+	}
+	if got := p.window1s(); got["queries"] != 0 {
+		t.Fatalf("window %v: pulse alone must count nothing", got)
+	}
+	// Its own self-probe it still answers.
+	probe := new(dns.Msg)
+	probe.SetQuestion("dnspulse-self-probe.", dns.TypeA)
+	p.hub.probeID.Store(uint32(probe.Id) + 1)
+	rec = dnstest.NewRecorder(&test.ResponseWriter{})
+	p.ServeDNS(context.Background(), rec, probe)
+	if rec.Msg == nil || rec.Rcode != dns.RcodeSuccess {
+		t.Fatalf("self-probe not answered: %v", rec.Msg)
+	}
+}
+
+// clientWriter is one client's writer: its own address, and a count of what reached it.
+type clientWriter struct {
+	test.ResponseWriter
+	addr   *net.UDPAddr
+	writes atomic.Int64
+}
+
+func (c *clientWriter) RemoteAddr() net.Addr        { return c.addr }
+func (c *clientWriter) WriteMsg(*dns.Msg) error     { c.writes.Add(1); return nil }
+func (c *clientWriter) Write(b []byte) (int, error) { c.writes.Add(1); return len(b), nil }
+func (c *clientWriter) LocalAddr() net.Addr         { return c.ResponseWriter.LocalAddr() }
+func newClientWriter(i int) *clientWriter {
+	return &clientWriter{addr: &net.UDPAddr{IP: net.IPv4(198, 18, byte(i>>8), byte(i)), Port: 1000 + i}}
+}
+func (c *clientWriter) sameClient(a net.Addr) bool {
+	u, ok := a.(*net.UDPAddr)
+	return ok && u == c.addr
+}
+
+// TestWriterUsedAfterServeDNSReturned does what cache's serve_stale verify does: it answers
+// the client, returns, and keeps using the writer from other goroutines (RemoteAddr for
+// every forward retry, WriteMsg, Write, LocalAddr), while other clients' queries go
+// through pulse. Every late call must reach the writer of its own client: a reused
+// recorder would have handed it another client's (or a nil one: the crash of issue 10).
+// Run with -race.
+func TestWriterUsedAfterServeDNSReturned(t *testing.T) {
+	const clients, lateCalls = 200, 50
+	var late sync.WaitGroup
+	wrong := make(chan string, clients)
+	release := make(chan struct{})
+	next := test.HandlerFunc(func(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeNameError)
+		w.WriteMsg(m)
+		own := w.(*recorder).ResponseWriter.(*clientWriter)
+		for range 2 { // two late users, racing each other and ServeDNS's return
+			late.Go(func() {
+				<-release
+				for i := range lateCalls {
+					if !own.sameClient(w.RemoteAddr()) {
+						wrong <- fmt.Sprintf("late RemoteAddr %v, want %v", w.RemoteAddr(), own.addr)
+						return
+					}
+					m := new(dns.Msg)
+					m.SetRcode(r, dns.RcodeSuccess)
+					if i%2 == 0 {
+						w.WriteMsg(m)
+					} else {
+						b, _ := m.Pack()
+						w.Write(b)
+					}
+					_ = w.LocalAddr()
+				}
+			})
+		}
+		return dns.RcodeNameError, nil
+	})
+	p := newTestPulse(next)
+	req := new(dns.Msg)
+	req.SetQuestion("example.org.", dns.TypeA)
+	writers := make([]*clientWriter, clients)
+	var queries sync.WaitGroup
+	for i := range writers {
+		writers[i] = newClientWriter(i)
+		queries.Go(func() {
+			if i == clients/2 {
+				close(release) // late users start while half the queries are still to come
+			}
+			p.ServeDNS(context.Background(), writers[i], req)
+		})
+	}
+	queries.Wait()
+	late.Wait()
+	close(wrong)
+	for msg := range wrong {
+		t.Error(msg)
+	}
+	for i, w := range writers {
+		if n := w.writes.Load(); n != 1+2*lateCalls {
+			t.Fatalf("client %d: %d writes reached its writer, want %d (its answer and every late write)", i, n, 1+2*lateCalls)
+		}
+	}
+	got := p.window1s()
+	if got["queries"] != clients || got["NXDOMAIN"] != clients {
+		t.Fatalf("window %v: want each query counted once, as the NXDOMAIN written first; late writes not counted", got)
+	}
+}
+
+// TestPanicInChainCountedAsServfail: the server recovers a panic in the chain and answers
+// SERVFAIL; pulse must not swallow the panic and must count the SERVFAIL.
+func TestPanicInChainCountedAsServfail(t *testing.T) {
+	p := newTestPulse(test.HandlerFunc(func(context.Context, dns.ResponseWriter, *dns.Msg) (int, error) {
+		panic("plugin bug")
+	}))
+	req := new(dns.Msg)
+	req.SetQuestion("example.org.", dns.TypeA)
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the chain's panic did not reach the server")
+			}
+		}()
+		p.ServeDNS(context.Background(), &test.ResponseWriter{}, req)
+	}()
+	if got := p.window1s(); got["queries"] != 1 || got["SERVFAIL"] != 1 {
+		t.Fatalf("window %v: want the panicked query counted as SERVFAIL", got)
 	}
 }

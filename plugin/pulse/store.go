@@ -109,17 +109,26 @@ type store struct {
 
 func newStore(nshards int) *store {
 	return &store{
-		shards: make([]shard, max(nshards, 1)),
+		shards: make([]shard, min(max(nshards, 1), maxShards)),
 		fine:   ring{width: fineWidth, snaps: make([]snapshot, fineSlots)},
 		coarse: ring{width: coarseWidth, snaps: make([]snapshot, coarseSlots)},
 	}
+}
+
+// shardFor maps a P's index to a shard: the same unless GOMAXPROCS grew after the store
+// was made (no division on the hot path otherwise).
+func (s *store) shardFor(p int) int {
+	if uint(p) < uint(len(s.shards)) {
+		return p
+	}
+	return p % len(s.shards)
 }
 
 // record adds one query of the given latency and kind (an rcode or kindDropped/kindOther);
 // source is the hash of the client prefix, used only for SERVFAIL. No allocation, no lock:
 // three or four uncontended atomic adds on the caller's shard.
 func (s *store) record(shardIdx int, latency time.Duration, kind int, source uint32) {
-	sh := &s.shards[uint(shardIdx)%uint(len(s.shards))]
+	sh := &s.shards[s.shardFor(shardIdx)]
 	us := min(uint64(latency/time.Microsecond), maxMicros)
 	sh.kinds[kind].Add(1)
 	sh.latency[bucketOf(us)].Add(1)
