@@ -50,6 +50,15 @@ type Heartbeat struct {
 	// Verdict is the plugin's own opinion of itself, from the Corefile's thresholds.
 	Verdict string   `json:"verdict"`
 	Reasons []string `json:"reasons"`
+	// InFlight is absent from the heartbeats of a pulse older than the field; readers that
+	// predate it ignore it (encoding/json skips unknown fields).
+	InFlight *InFlight `json:"inflight,omitempty"`
+}
+
+// InFlight counts client queries that entered pulse and have not returned.
+type InFlight struct {
+	Count        uint64 `json:"count"`
+	OldestMicros uint64 `json:"oldestMicros"` // age of the oldest at Time; 0 when Count is 0
 }
 
 // Window is the client traffic of one trailing window. Self-probes are not counted.
@@ -149,6 +158,9 @@ func (hb *Heartbeat) Validate() error {
 		return fmt.Errorf("heartbeat: no time: %w", ErrForeign)
 	case hb.Verdict != VerdictHealthy && hb.Verdict != VerdictDegraded:
 		return fmt.Errorf("heartbeat: verdict %q is neither %q nor %q", hb.Verdict, VerdictHealthy, VerdictDegraded)
+	}
+	if f := hb.InFlight; f != nil && f.Count == 0 && f.OldestMicros != 0 {
+		return fmt.Errorf("heartbeat: inflight oldestMicros %d with count 0", f.OldestMicros)
 	}
 	for _, k := range WindowKeys {
 		w, ok := hb.Windows[k]

@@ -194,6 +194,8 @@ func (r *runner) build(now time.Time, seq uint64) *heartbeat.Heartbeat {
 	for i, span := range windowSpans {
 		hb.Windows[heartbeat.WindowKeys[i]] = summarize(r.hub.store.window(mono, span))
 	}
+	n, oldest := r.hub.inflight.report(r.hub.clock, r.hub.store.inflight(), ticks())
+	hb.InFlight = &heartbeat.InFlight{Count: n, OldestMicros: uint64(oldest / time.Microsecond)}
 	if p := r.lastProbe.Load(); p != nil {
 		hb.SelfProbe = *p
 	} else {

@@ -93,6 +93,9 @@ func TestHeartbeatTicksAndSelfProbes(t *testing.T) {
 	if first.Replica != "r1" || first.Version != 1 || first.Verdict != "healthy" {
 		t.Fatalf("heartbeat %+v", first)
 	}
+	if first.InFlight == nil || first.InFlight.Count != 0 || first.InFlight.OldestMicros != 0 {
+		t.Fatalf("inflight %+v, want present and zero", first.InFlight)
+	}
 	var hb *heartbeat.Heartbeat
 	waitFor(t, "seq to move and a self-probe to succeed", func() bool {
 		hb = getHeartbeat(t, url)

@@ -1,5 +1,6 @@
 // Package pulse is a CoreDNS plugin that measures every query inside the process
-// (latency, rcodes, rcode entropy, the sources of SERVFAIL answers) at near-zero cost, probes its own DNS listener every tick, and publishes the
+// (latency, rcodes, rcode entropy, the sources of SERVFAIL answers, the queries still in
+// flight) at near-zero cost, probes its own DNS listener every tick, and publishes the
 // result as a heartbeat: GET /pulse on its own listener, coredns_pulse_* metrics, and
 // optionally a Lease.
 //
@@ -58,8 +59,8 @@ type Pulse struct {
 // ServeDNS implements plugin.Handler.
 //
 // Hot path: no lock; one allocation, the recorder (see recorder.go for why it cannot be
-// pooled). Two reads of the CPU's time-stamp counter, a shard lookup and a few
-// uncontended atomic adds; BenchmarkServeDNS
+// pooled). Two reads of the CPU's time-stamp counter, a shard lookup, a compare-and-swap
+// in and out of the in-flight ring and a few uncontended atomic adds; BenchmarkServeDNS
 // in bench_test.go measures it against the same chain without pulse (see BENCHMARKS.md).
 func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
@@ -77,7 +78,7 @@ func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) 
 	// before and after the chain is in begin and done, whose frames exist only then.
 	rw := p.begin(w)
 	// A panic further down is recovered by the server, which answers SERVFAIL: done,
-	// deferred, counts it so.
+	// deferred, counts it so and takes the query out of flight.
 	status := dns.RcodeServerFailure
 	defer p.done(rw, &status)
 	var err error
@@ -100,28 +101,33 @@ func (p *Pulse) nextOrFailure(ctx context.Context, w dns.ResponseWriter, r *dns.
 	return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
 }
 
-// begin makes the query's recorder on the current shard.
+// begin makes the query's recorder and counts the query in flight on the current shard.
 //
 //go:noinline
 func (p *Pulse) begin(w dns.ResponseWriter) *recorder {
-	return newRecorder(w, ticks(), p.hub.store.shardFor(shardHint()))
+	start := ticks()
+	shard := p.hub.store.shardFor(shardHint())
+	p.hub.store.shards[shard].inflight.enter(p.hub.clock.epochOf(start))
+	return newRecorder(w, start, shard)
 }
 
-// done counts the query the recorder saw, with the status the chain returned, on the
-// shard it entered on. A write to the recorder after this still
+// done counts the query the recorder saw, with the status the chain returned, and takes
+// it out of flight on the shard it entered on. A write to the recorder after this still
 // reaches the client's writer but is not counted: the query was, once.
 //
 //go:noinline
 func (p *Pulse) done(rw *recorder, status *int) {
 	end := ticks()
 	shard := int(rw.shard)
+	st := p.hub.store
+	st.shards[shard].inflight.exit(p.hub.clock.epochOf(rw.start))
 	rcode, wrote := rw.first()
 	kind := outcome(wrote, rcode, *status)
 	var source uint32
 	if kind == dns.RcodeServerFailure {
 		source = sourceHash(rw.ResponseWriter.RemoteAddr())
 	}
-	p.hub.store.record(shard, p.hub.clock.elapsed(rw.start, end), kind, source)
+	st.record(shard, p.hub.clock.elapsed(rw.start, end), kind, source)
 }
 
 // Name implements plugin.Handler.
@@ -159,11 +165,12 @@ type hub struct {
 	store   *store
 	seq     atomic.Uint64
 	// probeID is the DNS id of the self-probe in flight plus one; 0 when none is.
-	probeID atomic.Uint32
+	probeID  atomic.Uint32
+	inflight *inflightTracker
 }
 
 func newHub(addr string, shards int) *hub {
-	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards)}
+	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards), inflight: newInflightTracker()}
 	h.store.snapshot(0)
 	return h
 }

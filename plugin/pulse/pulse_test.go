@@ -262,10 +262,14 @@ func TestWriterUsedAfterServeDNSReturned(t *testing.T) {
 	if got["queries"] != clients || got["NXDOMAIN"] != clients {
 		t.Fatalf("window %v: want each query counted once, as the NXDOMAIN written first; late writes not counted", got)
 	}
+	if n, _ := p.hub.inflight.report(p.hub.clock, p.hub.store.inflight(), ticks()); n != 0 {
+		t.Fatalf("%d queries still in flight after every ServeDNS returned", n)
+	}
 }
 
 // TestPanicInChainCountedAsServfail: the server recovers a panic in the chain and answers
-// SERVFAIL; pulse must not swallow the panic and must count the SERVFAIL.
+// SERVFAIL; pulse must not swallow the panic, must count the SERVFAIL and must not leave
+// the query in flight forever.
 func TestPanicInChainCountedAsServfail(t *testing.T) {
 	p := newTestPulse(test.HandlerFunc(func(context.Context, dns.ResponseWriter, *dns.Msg) (int, error) {
 		panic("plugin bug")
@@ -282,5 +286,50 @@ func TestPanicInChainCountedAsServfail(t *testing.T) {
 	}()
 	if got := p.window1s(); got["queries"] != 1 || got["SERVFAIL"] != 1 {
 		t.Fatalf("window %v: want the panicked query counted as SERVFAIL", got)
+	}
+	if n, _ := p.hub.inflight.report(p.hub.clock, p.hub.store.inflight(), ticks()); n != 0 {
+		t.Fatalf("%d queries in flight after the panic", n)
+	}
+}
+
+// TestInflightSeesBlockedQueries: queries stuck in the chain are counted in flight and the
+// oldest one's age grows while they are stuck; all leave when they return.
+func TestInflightSeesBlockedQueries(t *testing.T) {
+	stuck := make(chan struct{})
+	entered := make(chan struct{}, 3)
+	p := newTestPulse(test.HandlerFunc(func(context.Context, dns.ResponseWriter, *dns.Msg) (int, error) {
+		entered <- struct{}{}
+		<-stuck
+		return dns.RcodeServerFailure, nil
+	}))
+	req := new(dns.Msg)
+	req.SetQuestion("example.org.", dns.TypeA)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() { p.ServeDNS(context.Background(), &test.ResponseWriter{}, req) })
+	}
+	for range 3 {
+		<-entered
+	}
+	read := func() (uint64, time.Duration) {
+		return p.hub.inflight.report(p.hub.clock, p.hub.store.inflight(), ticks())
+	}
+	n, first := read()
+	if n != 3 {
+		t.Fatalf("%d in flight, want 3", n)
+	}
+	// The age is measured from the start of the oldest epoch, so it grows with every read.
+	var later time.Duration
+	waitFor(t, "the oldest age to grow by an epoch", func() bool {
+		n, later = read()
+		return n == 3 && later >= first+p.hub.clock.epochWidth()
+	})
+	close(stuck)
+	wg.Wait()
+	if n, age := read(); n != 0 || age != 0 {
+		t.Fatalf("after return: %d in flight, oldest %v; want 0, 0", n, age)
+	}
+	if got := p.window1s(); got["SERVFAIL"] != 3 {
+		t.Fatalf("window %v: the three queries counted when they returned", got)
 	}
 }

@@ -38,14 +38,15 @@ const (
 // table, so memory is fixed; collisions can only lower the entropy it reports.
 const sourceBuckets = 32
 
-// shard is what the queries on one P write: counters that only grow and the largest
-// latency since the last snapshot.
+// shard is what the queries on one P write: counters that only grow, the largest
+// latency since the last snapshot, and the queries in flight.
 type shard struct {
-	kinds   [kindCount]atomic.Uint64
-	latency [latencyCount]atomic.Uint64
-	sources [sourceBuckets]atomic.Uint64
-	max     atomic.Uint64 // µs, since the last fine snapshot
-	_       [64]byte      // keep the next shard's first counters off our last cache line
+	kinds    [kindCount]atomic.Uint64
+	latency  [latencyCount]atomic.Uint64
+	sources  [sourceBuckets]atomic.Uint64
+	max      atomic.Uint64 // µs, since the last fine snapshot
+	inflight inflight
+	_        [64]byte // keep the next shard's first counters off our last cache line
 }
 
 // counts is a sum over shards: cumulative in a snapshot, a difference in a window.
@@ -208,4 +209,13 @@ func (s *store) window(now, span time.Duration) *counts {
 		c.sources[k] -= b.sum.sources[k]
 	}
 	return c
+}
+
+// inflight sums the queries in flight over the shards.
+func (s *store) inflight() inflightSum {
+	var sum inflightSum
+	for i := range s.shards {
+		s.shards[i].inflight.addTo(&sum)
+	}
+	return sum
 }
