@@ -80,6 +80,10 @@ func probeTarget(c *dnsserver.Config) (addr, why string) {
 	if c.Transport != "" && c.Transport != "dns" {
 		return "", "transport " + c.Transport + " is not plain DNS"
 	}
+	if c.Port == "0" {
+		// The kernel picks the port when the server listens, after pulse starts.
+		return "", "port 0 is chosen at listen time"
+	}
 	host := ""
 	if len(c.ListenHosts) > 0 {
 		host = c.ListenHosts[0]

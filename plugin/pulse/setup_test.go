@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
 
 	"github.com/miekg/dns"
 )
@@ -90,6 +91,27 @@ func TestDefaultProbeName(t *testing.T) {
 	for zone, want := range map[string]string{".": "dnspulse-self-probe.", "": "dnspulse-self-probe.", "Example.org.": "dnspulse-self-probe.example.org.", "cluster.local": "dnspulse-self-probe.cluster.local."} {
 		if got := defaultProbeName(zone); got != want {
 			t.Errorf("zone %q: %q, want %q", zone, got, want)
+		}
+	}
+}
+
+func TestProbeTarget(t *testing.T) {
+	tests := []struct {
+		cfg       dnsserver.Config
+		addr, why string
+	}{
+		{dnsserver.Config{Port: "53"}, "127.0.0.1:53", ""},
+		{dnsserver.Config{Port: "1053", ListenHosts: []string{"::"}}, "[::1]:1053", ""},
+		{dnsserver.Config{Port: "53", ListenHosts: []string{"10.0.0.10"}}, "10.0.0.10:53", ""},
+		{dnsserver.Config{Port: "853", Transport: "tls"}, "", "transport tls is not plain DNS"},
+		// A block on port 0 gets its port when it listens, after pulse has started: there
+		// is nothing to probe (the probe went to port 0 and failed, a degraded heartbeat).
+		{dnsserver.Config{Port: "0"}, "", "port 0 is chosen at listen time"},
+	}
+	for _, tc := range tests {
+		addr, why := probeTarget(&tc.cfg)
+		if addr != tc.addr || why != tc.why {
+			t.Errorf("probeTarget(port %s hosts %v transport %q) = %q, %q; want %q, %q", tc.cfg.Port, tc.cfg.ListenHosts, tc.cfg.Transport, addr, why, tc.addr, tc.why)
 		}
 	}
 }
