@@ -239,8 +239,7 @@ func (r *runner) selfProbe(ctx context.Context) {
 	m := new(dns.Msg)
 	m.SetQuestion(r.cfg.probeName, r.cfg.probeType)
 	m.RecursionDesired = true
-	r.hub.probeID.Store(uint32(m.Id) + 1)
-	defer r.hub.probeID.CompareAndSwap(uint32(m.Id)+1, 0)
+	m.Id = r.hub.probes.next()
 
 	c := &dns.Client{Net: "udp", Timeout: r.cfg.selfProbeTimeout()}
 	start := time.Now()

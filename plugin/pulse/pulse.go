@@ -63,7 +63,7 @@ type Pulse struct {
 // in and out of the in-flight ring and a few uncontended atomic adds; BenchmarkServeDNS
 // in bench_test.go measures it against the same chain without pulse (see BENCHMARKS.md).
 func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
+	if p.hub.probes.has(r.Id) && p.isProbe(r) {
 		return p.serveProbe(ctx, w, r)
 	}
 	if p.Next == nil {
@@ -159,13 +159,12 @@ func (p *Pulse) serveProbe(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 // hub is what one heartbeat listener address owns across reloads: the traffic store, the
 // tick counter and start time, so a reload neither resets the windows nor sends seq back.
 type hub struct {
-	addr    string
-	clock   *clock // store times are relative to its creation
-	started time.Time
-	store   *store
-	seq     atomic.Uint64
-	// probeID is the DNS id of the self-probe in flight plus one; 0 when none is.
-	probeID  atomic.Uint32
+	addr     string
+	clock    *clock // store times are relative to its creation
+	started  time.Time
+	store    *store
+	seq      atomic.Uint64
+	probes   probeIDs // the ids of the last self-probes
 	inflight *inflightTracker
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -96,7 +97,7 @@ func TestSelfProbeKeptOutOfWindows(t *testing.T) {
 	p := newTestPulse(writeRcode(dns.RcodeSuccess, 0))
 	probe := new(dns.Msg)
 	probe.SetQuestion("DNSPULSE-self-probe.", dns.TypeA)
-	p.hub.probeID.Store(uint32(probe.Id) + 1)
+	probe.Id = p.hub.probes.next()
 
 	rec := dnstest.NewRecorder(&test.ResponseWriter{})
 	if _, err := p.ServeDNS(context.Background(), rec, probe); err != nil {
@@ -105,9 +106,10 @@ func TestSelfProbeKeptOutOfWindows(t *testing.T) {
 	if rec.Msg == nil || rec.Rcode != dns.RcodeSuccess || len(rec.Msg.Answer) != 1 {
 		t.Fatalf("synthetic self-probe not answered by pulse: %v", rec.Msg)
 	}
-	// A client asking the same name with another id is client traffic.
+	// A client asking the same name with an id pulse never probed with is client traffic.
 	client := probe.Copy()
-	client.Id = probe.Id + 1
+	for client.Id = probe.Id + 1; p.hub.probes.has(client.Id); client.Id++ {
+	}
 	p.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{}), client)
 	if got := p.window1s(); got["queries"] != 1 {
 		t.Fatalf("window %v: want only the client's query", got)
@@ -127,7 +129,7 @@ func TestCustomSelfProbeGoesThroughChain(t *testing.T) {
 	p.probeName, p.answerProbe = "kubernetes.default.svc.cluster.local.", false
 	probe := new(dns.Msg)
 	probe.SetQuestion("kubernetes.default.svc.cluster.local.", dns.TypeA)
-	p.hub.probeID.Store(uint32(probe.Id) + 1)
+	probe.Id = p.hub.probes.next()
 	p.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{}), probe)
 	if reached != 1 {
 		t.Fatal("a custom self-probe must go through the rest of the chain")
@@ -168,7 +170,7 @@ func TestNoNextPluginRefusesAndCountsNothing(t *testing.T) {
 	// Its own self-probe it still answers.
 	probe := new(dns.Msg)
 	probe.SetQuestion("dnspulse-self-probe.", dns.TypeA)
-	p.hub.probeID.Store(uint32(probe.Id) + 1)
+	probe.Id = p.hub.probes.next()
 	rec = dnstest.NewRecorder(&test.ResponseWriter{})
 	p.ServeDNS(context.Background(), rec, probe)
 	if rec.Msg == nil || rec.Rcode != dns.RcodeSuccess {
@@ -331,5 +333,50 @@ func TestInflightSeesBlockedQueries(t *testing.T) {
 	}
 	if got := p.window1s(); got["SERVFAIL"] != 3 {
 		t.Fatalf("window %v: the three queries counted when they returned", got)
+	}
+}
+
+// TestLateSelfProbeIsNotClientTraffic: a server that stalled serves its backlog, the
+// self-probes of the ticks it missed among it; those are still pulse's, even though their
+// deadlines passed long ago and newer probes were sent since.
+func TestLateSelfProbeIsNotClientTraffic(t *testing.T) {
+	p := newTestPulse(writeRcode(dns.RcodeServerFailure, dns.RcodeServerFailure))
+	late := new(dns.Msg)
+	late.SetQuestion("dnspulse-self-probe.", dns.TypeA)
+	late.Id = p.hub.probes.next()
+	for range probeMemory - 1 { // the probes of the ticks since
+		p.hub.probes.next()
+	}
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	p.ServeDNS(context.Background(), rec, late)
+	if rec.Msg == nil || rec.Rcode != dns.RcodeSuccess {
+		t.Fatalf("late self-probe not answered by pulse: %v", rec.Msg)
+	}
+	if got := p.window1s(); got["queries"] != 0 {
+		t.Fatalf("window %v: a late self-probe counted as a client query", got)
+	}
+	// One probe more and the oldest id is forgotten: a query with it is a client's.
+	p.hub.probes.next()
+	if p.hub.probes.has(late.Id) {
+		t.Fatalf("id %d still remembered after %d newer probes", late.Id, probeMemory)
+	}
+}
+
+func TestProbeIDsAreUniqueAmongTheRemembered(t *testing.T) {
+	var s probeIDs
+	seen := map[uint16]bool{}
+	for range probeMemory {
+		id := s.next()
+		if seen[id] {
+			t.Fatalf("id %d handed out twice among the last %d", id, probeMemory)
+		}
+		seen[id] = true
+	}
+	n := 0
+	for i := range s.bits {
+		n += bits.OnesCount64(s.bits[i].Load())
+	}
+	if n != probeMemory {
+		t.Fatalf("%d ids in the set, want %d", n, probeMemory)
 	}
 }
