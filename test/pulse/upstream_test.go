@@ -90,4 +90,3 @@ func (u *upstream) waitAsked(t *testing.T, what string, timeout time.Duration, c
 		t.Fatalf("timed out waiting for the upstream to be asked %s", what)
 	}
 }
-
