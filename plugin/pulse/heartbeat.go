@@ -105,13 +105,23 @@ func (r *runner) stop() error {
 		return nil
 	}
 	r.cancel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	// Requests in progress finish (a heartbeat is written in microseconds); then the rest
+	// is closed. Shutdown alone waits for a connection that is open but has sent no request
+	// yet (a poller that just connected) for up to its whole deadline, and a reload waits
+	// with it.
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	err := r.srv.Shutdown(ctx)
+	var err error
+	if r.srv.Shutdown(ctx) != nil {
+		err = r.srv.Close()
+	}
 	r.wg.Wait()
 	r.cancel = nil
 	return err
 }
+
+// shutdownGrace is how long stop lets requests in progress finish.
+const shutdownGrace = 100 * time.Millisecond
 
 func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
