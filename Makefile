@@ -43,8 +43,8 @@ image-healer: build-healer ## Build the healer image.
 	VERSION=$(VERSION) REVISION=$(GIT_COMMIT) OUTPUT=$(OUTPUT) build/image/build.sh healer
 
 ##@ Test
-.PHONY: test test-unit test-integration e2e
-test: test-unit test-integration test-image e2e ## The whole proof: unit, integration (real CoreDNS) and end to end (local cluster).
+.PHONY: test test-unit test-integration test-coredns-suite e2e
+test: test-unit test-integration test-coredns-suite test-image e2e ## The whole proof: unit, integration (real CoreDNS), CoreDNS's own suite with pulse, end to end (local cluster).
 
 test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop).
 	$(GO) test -race -count=1 $(UNIT_PKGS)
@@ -52,6 +52,9 @@ test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop)
 test-integration: build ## Integration tests against the real custom CoreDNS and healer binaries.
 	COREDNS_BIN=$(abspath $(BIN)/coredns) HEALER_BIN=$(abspath $(BIN)/healer) \
 		$(GO) test -count=1 -tags integration ./build/coredns/... ./test/... ./corefile-examples/
+
+test-coredns-suite: ## CoreDNS's own test/ package without and with pulse in every server block, compared test by test (~1-3 min warm).
+	$(GO) run ./hack/coresuite -work $(abspath $(OUTPUT)/coredns-suite)
 
 test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
