@@ -107,8 +107,11 @@ func (p *Pulse) nextOrFailure(ctx context.Context, w dns.ResponseWriter, r *dns.
 func (p *Pulse) begin(w dns.ResponseWriter) *recorder {
 	start := ticks()
 	shard := p.hub.store.shardFor(shardHint())
-	p.hub.store.shards[shard].inflight.enter(p.hub.clock.epochOf(start))
-	return newRecorder(w, start, shard)
+	sh := &p.hub.store.shards[shard]
+	sh.inflight.enter(p.hub.clock.epochOf(start))
+	rw := sh.recorders.get()
+	rw.ResponseWriter, rw.start, rw.shard = w, start, uint16(shard)
+	return rw
 }
 
 // done counts the query the recorder saw, with the status the chain returned, and takes

@@ -139,17 +139,42 @@ func TestCustomSelfProbeGoesThroughChain(t *testing.T) {
 	}
 }
 
-// TestServeDNSAllocatesOnlyTheRecorder: the one allocation per query is the recorder,
-// which cannot be pooled (see recorder.go); nothing else on the hot path allocates.
-func TestServeDNSAllocatesOnlyTheRecorder(t *testing.T) {
+// TestServeDNSAllocatesOnlyRecorderSlabs: the hot path's one allocation is a slab of
+// recorders, one per slabSize queries (see recorder.go: recorders cannot be pooled);
+// nothing else allocates.
+func TestServeDNSAllocatesOnlyRecorderSlabs(t *testing.T) {
 	p := newTestPulse(test.NextHandler(dns.RcodeSuccess, nil))
 	req := new(dns.Msg)
 	req.SetQuestion("example.org.", dns.TypeA)
 	w := &test.ResponseWriter{}
 	ctx := context.Background()
-	if n := testing.AllocsPerRun(1000, func() { p.ServeDNS(ctx, w, req) }); n != 1 {
-		t.Fatalf("ServeDNS allocates %v times per query, want 1 (the recorder)", n)
+	// AllocsPerRun runs with GOMAXPROCS 1: one shard, one slab at a time.
+	n := testing.AllocsPerRun(100, func() {
+		for range slabSize {
+			p.ServeDNS(ctx, w, req)
+		}
+	})
+	if n != 1 {
+		t.Fatalf("%v allocations per %d queries, want 1 (a slab of recorders)", n, slabSize)
 	}
+}
+
+func TestRecorderSlabsNeverHandOutARecorderTwice(t *testing.T) {
+	var s slabs
+	seen := sync.Map{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 10 * slabSize {
+				rw := s.get()
+				if _, dup := seen.LoadOrStore(rw, true); dup {
+					t.Errorf("recorder %p handed out twice", rw)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // TestNoNextPluginRefusesAndCountsNothing: an empty server block (`example.org { }`) is

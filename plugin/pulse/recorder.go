@@ -8,12 +8,15 @@ import (
 	"github.com/miekg/dns"
 )
 
-// recorder wraps the client's ResponseWriter to learn the first rcode written. One is
-// allocated per query and never reused: the chain may keep the writer after ServeDNS
+// recorder wraps the client's ResponseWriter to learn the first rcode written. Each query
+// gets a recorder of its own, never reused: the chain may keep the writer after ServeDNS
 // returned (cache's serve_stale verify and prefetch goroutines do, and so may any plugin),
 // so a pooled recorder was zeroed or handed to another client while still in use: a nil
 // dereference that killed the process, or a reply written to the wrong client. What a late
 // caller can reach here is immutable (the inner writer, the entry tick) or atomic (state).
+//
+// Recorders come from slabs of 64 (see recorderSlab): one allocation per 64 queries
+// instead of one per query, and still never a reuse.
 type recorder struct {
 	dns.ResponseWriter // the inner writer; never changes
 	start              int64
@@ -29,8 +32,42 @@ const (
 	maxShards = 1 << 16
 )
 
-func newRecorder(w dns.ResponseWriter, start int64, shard int) *recorder {
-	return &recorder{ResponseWriter: w, start: start, shard: uint16(shard)}
+// slabSize recorders are allocated at once.
+const slabSize = 64
+
+// recorderSlab hands out its recorders one by one, each exactly once (an atomic cursor),
+// and is never refilled: a used recorder is never handed out again, and the garbage
+// collector frees the slab when none of its 64 is referenced any more. A writer kept
+// after return pins 2 KiB instead of 32 bytes; a malloc per query (~30 ns, the hot path's
+// largest cost after the clock) becomes a cursor increment and 1/64 of a malloc.
+type recorderSlab struct {
+	next atomic.Uint32
+	recs [slabSize]recorder
+}
+
+// slabs is the slab a shard currently hands recorders out of.
+type slabs struct{ cur atomic.Pointer[recorderSlab] }
+
+// get returns a recorder no one else has had.
+func (s *slabs) get() *recorder {
+	if sl := s.cur.Load(); sl != nil {
+		if i := sl.next.Add(1) - 1; i < slabSize {
+			return &sl.recs[i]
+		}
+	}
+	return s.refill()
+}
+
+// refill starts a fresh slab, whose first recorder is the caller's. Should another
+// goroutine on this shard refill at the same time, one of the two slabs is simply not
+// shared; either way no recorder is handed out twice.
+//
+//go:noinline
+func (s *slabs) refill() *recorder {
+	sl := new(recorderSlab)
+	sl.next.Store(1)
+	s.cur.Store(sl)
+	return &sl.recs[0]
 }
 
 // first returns the first rcode written and whether one was.

@@ -41,12 +41,13 @@ const sourceBuckets = 32
 // shard is what the queries on one P write: counters that only grow, the largest
 // latency since the last snapshot, and the queries in flight.
 type shard struct {
-	kinds    [kindCount]atomic.Uint64
-	latency  [latencyCount]atomic.Uint64
-	sources  [sourceBuckets]atomic.Uint64
-	max      atomic.Uint64 // µs, since the last fine snapshot
-	inflight inflight
-	_        [64]byte // keep the next shard's first counters off our last cache line
+	kinds     [kindCount]atomic.Uint64
+	latency   [latencyCount]atomic.Uint64
+	sources   [sourceBuckets]atomic.Uint64
+	max       atomic.Uint64 // µs, since the last fine snapshot
+	inflight  inflight
+	recorders slabs
+	_         [64]byte // keep the next shard's first counters off our last cache line
 }
 
 // counts is a sum over shards: cumulative in a snapshot, a difference in a window.
