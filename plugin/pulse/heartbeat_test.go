@@ -3,8 +3,8 @@ package pulse
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
