@@ -175,15 +175,22 @@ func (hb *Heartbeat) Validate() error {
 }
 
 func (w Window) validate() error {
-	for name, r := range map[string]float64{"nxdomainRatio": w.NXDomainRatio, "servfailRatio": w.ServfailRatio} {
-		if r < 0 || r > 1 || r != r {
-			return fmt.Errorf("%s %v out of [0,1]", name, r)
-		}
+	// In a fixed order, so that the first problem is always the same one.
+	switch r := w.NXDomainRatio; {
+	case r < 0 || r > 1 || r != r:
+		return fmt.Errorf("nxdomainRatio %v out of [0,1]", r)
 	}
-	for name, e := range map[string]float64{"rcodeEntropy": w.RcodeEntropy, "servfailSourceEntropy": w.ServfailSourceEntropy} {
-		if e < 0 || e > 64 || e != e {
-			return fmt.Errorf("%s %v out of range", name, e)
-		}
+	switch r := w.ServfailRatio; {
+	case r < 0 || r > 1 || r != r:
+		return fmt.Errorf("servfailRatio %v out of [0,1]", r)
+	}
+	switch e := w.RcodeEntropy; {
+	case e < 0 || e > 64 || e != e:
+		return fmt.Errorf("rcodeEntropy %v out of range", e)
+	}
+	switch e := w.ServfailSourceEntropy; {
+	case e < 0 || e > 64 || e != e:
+		return fmt.Errorf("servfailSourceEntropy %v out of range", e)
 	}
 	return nil
 }
