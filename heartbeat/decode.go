@@ -28,7 +28,7 @@ import (
 type Decoder struct {
 	tick    []byte // the last tick string and its value: the same every time
 	tickVal Duration
-	scratch []byte // unescaped strings
+	scratch []byte              // unescaped strings
 	spare   []map[string]uint64 // rcode maps of windows that were dropped, to reuse
 }
 
