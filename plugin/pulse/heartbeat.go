@@ -1,6 +1,7 @@
 package pulse
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,7 +32,11 @@ type config struct {
 	lease          bool
 	leaseNamespace string
 	leaseInterval  time.Duration
+	maxWatchers    int // streams (GET /pulse?watch=1) served at once; 0: none
 }
+
+// maxWatchersLimit bounds the watchers option.
+const maxWatchersLimit = 1024
 
 func defaultConfig() config {
 	return config{
@@ -42,6 +47,7 @@ func defaultConfig() config {
 		p99:           500 * time.Millisecond,
 		minQueries:    20,
 		leaseInterval: 5 * time.Second,
+		maxWatchers:   8,
 	}
 }
 
@@ -70,8 +76,16 @@ type runner struct {
 	ln     net.Listener
 
 	body      atomic.Pointer[[]byte] // the last heartbeat, encoded: GET /pulse only copies it
+	line      atomic.Pointer[[]byte] // the same bytes and a newline: a line of the stream
+	watch     *watchers
+	ctx       context.Context // ends when the runner stops: streams end with it
 	lastProbe atomic.Pointer[heartbeat.SelfProbe]
 	lease     *leaser
+
+	// For tests: how long a stream's write may block (0: stuckAfter's rule), and a
+	// wrapper of the listener.
+	stuck        time.Duration
+	wrapListener func(net.Listener) net.Listener
 }
 
 func (r *runner) start() error {
@@ -79,14 +93,18 @@ func (r *runner) start() error {
 	if err != nil {
 		return fmt.Errorf("pulse: listen %s: %w", r.cfg.addr, err)
 	}
+	if r.wrapListener != nil {
+		ln = r.wrapListener(ln)
+	}
 	r.ln = ln
+	r.watch = newWatchers(r.cfg.maxWatchers)
 	mux := http.NewServeMux()
 	mux.HandleFunc(heartbeat.Path, r.servePulse)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("OK")) })
 	r.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 90 * time.Second}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
+	r.ctx, r.cancel = ctx, cancel
 	r.tickOnce(time.Now()) // a heartbeat exists from the first request on
 	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.srv.Serve(ln) }()
@@ -127,6 +145,15 @@ func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	watch, err := watchRequested(req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if watch && req.Method == http.MethodGet {
+		r.serveWatch(w, req)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -177,12 +204,19 @@ func (r *runner) ticker(ctx context.Context) {
 // tickOnce builds, encodes and publishes the heartbeat for this tick.
 func (r *runner) tickOnce(now time.Time) {
 	hb := r.build(now, r.hub.seq.Add(1))
-	b, err := json.Marshal(hb)
-	if err != nil { // cannot happen with these types; never leave the old body claiming freshness
+	// Encoded once, for GET /pulse and every stream alike: the encoder ends it with the
+	// newline that makes it a line of the stream; the body is the same bytes without it.
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(hb); err != nil { // cannot happen with these types
 		log.Errorf("encoding heartbeat: %v", err)
 		return
 	}
-	r.body.Store(&b)
+	line := buf.Bytes()
+	body := line[:len(line)-1]
+	r.body.Store(&body)
+	r.line.Store(&line)
+	r.watch.publish(&line)
+	watchersGauge.WithLabelValues(r.cfg.addr).Set(float64(r.watch.count()))
 	reportMetrics(r.cfg.addr, hb)
 	if r.lease != nil {
 		r.lease.update(hb)

@@ -58,6 +58,10 @@ var (
 		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "inflight_oldest_seconds",
 		Help: "Age of the oldest client query in flight; 0 when none is.",
 	}, []string{"listener"})
+	watchersGauge = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "watchers",
+		Help: "Heartbeat streams (GET /pulse?watch=1) being served.",
+	}, []string{"listener"})
 	leaseRenewals = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "lease_renewals_total",
 		Help: "Lease heartbeat renewals by result (success, error).",
