@@ -73,11 +73,14 @@ cluster-down: ## Remove anything a local cluster left behind (processes, netns, 
 	BIN=$(BIN) hack/cluster.sh down
 
 ##@ Benchmarks
-.PHONY: bench bench-plugin
-bench: bench-plugin ## Every benchmark.
+.PHONY: bench bench-plugin bench-watch
+bench: bench-plugin bench-watch ## Every benchmark.
 
-bench-plugin: ## ServeDNS with and without pulse (benchstat) and dnsperf CPU per query.
+bench-plugin: ## ServeDNS with and without pulse (benchstat; BASE_REF=ref compares with a commit) and dnsperf CPU per query.
 	hack/bench-plugin.sh
+
+bench-watch: build-coredns ## CPU per tick of serving 0, 1, 2, 10 heartbeat streams (GET /pulse?watch=1).
+	COREDNS_BIN=$(abspath $(BIN)/coredns) hack/bench-watch.sh
 
 .PHONY: bench-detect
 bench-detect: ## Healer detection latency per fault class, healthy soak (SOAK=10m, SHORT=1 for 1m), CPU/memory at 100 targets.

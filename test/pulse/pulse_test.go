@@ -53,9 +53,17 @@ func freePort(t *testing.T) int {
 
 // coredns is a running CoreDNS process.
 type coredns struct {
+	pid     int
 	exited  chan struct{} // closed when the process has ended
 	waitErr error         // its exit status, once exited is closed
 	log     string        // path of its stdout and stderr
+}
+
+func (c *coredns) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(c.pid, sig); err != nil {
+		t.Fatalf("%v: %v", sig, err)
+	}
 }
 
 // alive fails the test if the process has exited.
@@ -84,9 +92,10 @@ func startCoreDNS(t *testing.T, corefile, pulseURL string) *coredns {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &coredns{exited: make(chan struct{}), log: filepath.Join(dir, "coredns.log")}
+	c := &coredns{pid: cmd.Process.Pid, exited: make(chan struct{}), log: filepath.Join(dir, "coredns.log")}
 	go func() { c.waitErr = cmd.Wait(); close(c.exited) }()
 	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT) // a test may have frozen it
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-c.exited
 		if t.Failed() {
