@@ -64,4 +64,5 @@ echo "== median CPU per tick, and what N watchers add to it"
 awk -F'\t' 'NR > 1 { v[$1] = v[$1] " " $5 }
   function median(s,   a, n, i, j, t) { n = split(s, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  END { b = median(v[0]); for (k in v) { m = median(v[k]); printf "%3d watchers: %7.1f us CPU per tick, %+7.1f us vs none (%+.1f us per watcher)\n", k, m, m - b, k > 0 ? (m - b) / k : 0 } }' "$results" | sort -n | tee "$OUT/watch-summary.txt"
+  END { b = median(v[0]); for (k in v) { m = median(v[k]); per = (k + 0 > 0) ? (m - b) / k : 0
+    printf "%3d watchers: %7.1f us CPU per tick, %+7.1f us vs none (%+.1f us per watcher)\n", k, m, m - b, per } }' "$results" | sort -n | tee "$OUT/watch-summary.txt"
