@@ -331,8 +331,8 @@ func (s *scanner) skip() bool {
 	if s.i >= len(s.b) {
 		return false
 	}
-	switch c := s.b[s.i]; {
-	case c == '{':
+	switch s.b[s.i] {
+	case '{':
 		more, ok := s.next(true, '{', '}')
 		for ; more && ok; more, ok = s.next(false, '{', '}') {
 			if _, kok := s.key(); !kok || !s.skip() {
@@ -340,7 +340,7 @@ func (s *scanner) skip() bool {
 			}
 		}
 		return ok
-	case c == '[':
+	case '[':
 		more, ok := s.next(true, '[', ']')
 		for ; more && ok; more, ok = s.next(false, '[', ']') {
 			if !s.skip() {
@@ -348,10 +348,10 @@ func (s *scanner) skip() bool {
 			}
 		}
 		return ok
-	case c == '"':
+	case '"':
 		_, ok := s.str()
 		return ok
-	case c == 't' || c == 'f':
+	case 't', 'f':
 		var b bool
 		return s.boolean(&b)
 	default:
