@@ -3,8 +3,9 @@
 # real custom CoreDNS with pulse ticking every TICK, N watchers (curl, each reading its
 # stream to /dev/null) for N in WATCHERS, rounds interleaved; CPU seconds of the CoreDNS
 # process (utime+stime from /proc) over SECONDS_PER_RUN, divided by the ticks in that time
-# (seq's growth). The cost of N watchers per tick is the median with N minus the median
-# with none (which is the ticker, the janitor and the self-probe).
+# (seq's growth). The cost of N watchers per tick is the median, over rounds, of the figure
+# with N minus the same round's with none (which is the ticker, the janitor and the
+# self-probe).
 # Results go to stdout and _output/bench/watch.tsv; copy the table into BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,9 +61,10 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-echo "== median CPU per tick, and what N watchers add to it"
-awk -F'\t' 'NR > 1 { v[$1] = v[$1] " " $5 }
+echo "== median CPU per tick, and what N watchers add to it (median over rounds of N's figure minus the same round's with none: the load of a shared machine drifts between rounds)"
+awk -F'\t' 'NR > 1 { cpu[$1, $2] = $5; ns[$1] = 1; if ($2 > rounds) rounds = $2 }
   function median(s,   a, n, i, j, t) { n = split(s, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  END { b = median(v[0]); for (k in v) { m = median(v[k]); per = (k + 0 > 0) ? (m - b) / k : 0
-    printf "%3d watchers: %7.1f us CPU per tick, %+7.1f us vs none (%+.1f us per watcher)\n", k, m, m - b, per } }' "$results" | sort -n | tee "$OUT/watch-summary.txt"
+  END { for (k in ns) { all = ""; d = ""; for (r = 1; r <= rounds; r++) { all = all " " cpu[k, r]; d = d " " (cpu[k, r] - cpu[0, r]) }
+      m = median(all); dm = median(d); per = (k + 0 > 0) ? dm / k : 0
+      printf "%3d watchers: %7.1f us CPU per tick, %+7.1f us vs none (%+.1f us per watcher)\n", k, m, dm, per } }' "$results" | sort -n | tee "$OUT/watch-summary.txt"
