@@ -43,8 +43,8 @@ image-healer: build-healer ## Build the healer image.
 	VERSION=$(VERSION) REVISION=$(GIT_COMMIT) OUTPUT=$(OUTPUT) build/image/build.sh healer
 
 ##@ Test
-.PHONY: test test-unit test-integration e2e
-test: test-unit test-integration test-image e2e ## The whole proof: unit, integration (real CoreDNS) and end to end (local cluster).
+.PHONY: test test-unit test-integration test-coredns-suite e2e
+test: test-unit test-integration test-coredns-suite test-image e2e ## The whole proof: unit, integration (real CoreDNS), CoreDNS's own suite with pulse, end to end (local cluster).
 
 test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop).
 	$(GO) test -race -count=1 $(UNIT_PKGS)
@@ -52,6 +52,9 @@ test-unit: ## Unit tests with -race; compiles no CoreDNS binary (the inner loop)
 test-integration: build ## Integration tests against the real custom CoreDNS and healer binaries.
 	COREDNS_BIN=$(abspath $(BIN)/coredns) HEALER_BIN=$(abspath $(BIN)/healer) \
 		$(GO) test -count=1 -tags integration ./build/coredns/... ./test/... ./corefile-examples/
+
+test-coredns-suite: ## CoreDNS's own test/ package without and with pulse in every server block, compared test by test (~1-3 min warm).
+	$(GO) run ./hack/coresuite -work $(abspath $(OUTPUT)/coredns-suite)
 
 test-image: image ## Unpack both image archives, check their config and run their entrypoints (root).
 	IMAGES_DIR=$(abspath $(OUTPUT)/images) $(GO) test -count=1 -tags image ./build/image/
@@ -70,11 +73,14 @@ cluster-down: ## Remove anything a local cluster left behind (processes, netns, 
 	BIN=$(BIN) hack/cluster.sh down
 
 ##@ Benchmarks
-.PHONY: bench bench-plugin
-bench: bench-plugin ## Every benchmark.
+.PHONY: bench bench-plugin bench-watch
+bench: bench-plugin bench-watch ## Every benchmark.
 
-bench-plugin: ## ServeDNS with and without pulse (benchstat) and dnsperf CPU per query.
+bench-plugin: ## ServeDNS with and without pulse (benchstat; BASE_REF=ref compares with a commit) and dnsperf CPU per query.
 	hack/bench-plugin.sh
+
+bench-watch: build-coredns ## CPU per tick of serving 0, 1, 2, 10 heartbeat streams (GET /pulse?watch=1).
+	COREDNS_BIN=$(abspath $(BIN)/coredns) hack/bench-watch.sh
 
 .PHONY: bench-detect
 bench-detect: ## Healer detection per fault class, flapping, benign situations, healthy soak (SOAK=10m, HOG=2 for a busy machine), CPU/memory at 100 targets.

@@ -2,6 +2,8 @@
 # The pulse plugin's cost, two ways (make bench-plugin):
 #  1. Go benchmark of ServeDNS through pulse against the same chain without it, in one run
 #     (interleaved by -count), compared with benchstat; -cpu 1,2,4,8 (BENCH_CPU).
+#     With BASE_REF=<git ref>, the same benchmark of the plugin at that ref runs interleaved
+#     with this tree's, round by round, and benchstat compares the two (what a change cost).
 #  2. dnsperf against the real custom binary, Corefile with and without the `pulse` line
 #     (and with `prometheus` for scale), interleaved, ROUNDS rounds of SECONDS each: CPU
 #     seconds of the CoreDNS process per answered query.
@@ -31,6 +33,23 @@ if [[ "${SKIP_GO_BENCH:-}" == "" ]]; then
     "$OUT/pulse.test" -test.run '^$' -test.bench 'BenchmarkServeDNS$' -test.benchmem -test.cpu "$BENCH_CPU" -test.benchtime "${BENCHTIME:-1s}" | tee -a "$OUT/servedns.txt" | grep '^Benchmark'
   done
   benchstat -col /chain "$OUT/servedns.txt" | tee "$OUT/servedns-benchstat.txt"
+fi
+
+if [[ -n "${BASE_REF:-}" ]]; then
+  echo "== Go benchmark: ServeDNS through pulse at $BASE_REF vs this tree ($BENCH_COUNT interleaved rounds, cpu $BENCH_CPU)"
+  base=$(mktemp -d); out_abs=$(cd "$OUT" && pwd)
+  git archive "$BASE_REF" | tar -x -C "$base"
+  (cd "$base" && go test -c -o "$out_abs/pulse-base.test" ./plugin/pulse)
+  rm -rf "$base"
+  [[ -x "$OUT/pulse.test" ]] || go test -c -o "$OUT/pulse.test" ./plugin/pulse
+  : > "$OUT/servedns-base.txt"; : > "$OUT/servedns-head.txt"
+  for _ in $(seq 1 "$BENCH_COUNT"); do
+    for side in base head; do
+      bin="$OUT/pulse.test"; [[ $side == base ]] && bin="$OUT/pulse-base.test"
+      "$bin" -test.run '^$' -test.bench 'BenchmarkServeDNS/chain=pulse$' -test.benchmem -test.cpu "$BENCH_CPU" -test.benchtime "${BENCHTIME:-1s}" | tee -a "$OUT/servedns-$side.txt" | grep '^Benchmark'
+    done
+  done
+  benchstat "$BASE_REF=$OUT/servedns-base.txt" "head=$OUT/servedns-head.txt" | tee "$OUT/servedns-base-benchstat.txt"
 fi
 
 [[ "${SKIP_DNSPERF:-}" == "" ]] || exit 0

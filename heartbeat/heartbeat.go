@@ -50,7 +50,8 @@ type Heartbeat struct {
 	// Verdict is the plugin's own opinion of itself, from the Corefile's thresholds.
 	Verdict string   `json:"verdict"`
 	Reasons []string `json:"reasons"`
-	// InFlight is absent from heartbeats of a pulse that does not count queries in flight.
+	// InFlight is absent from the heartbeats of a pulse older than the field; readers that
+	// predate it ignore it (encoding/json skips unknown fields).
 	InFlight *InFlight `json:"inflight,omitempty"`
 }
 
@@ -158,6 +159,9 @@ func (hb *Heartbeat) Validate() error {
 	case hb.Verdict != VerdictHealthy && hb.Verdict != VerdictDegraded:
 		return fmt.Errorf("heartbeat: verdict %q is neither %q nor %q", hb.Verdict, VerdictHealthy, VerdictDegraded)
 	}
+	if f := hb.InFlight; f != nil && f.Count == 0 && f.OldestMicros != 0 {
+		return fmt.Errorf("heartbeat: inflight oldestMicros %d with count 0", f.OldestMicros)
+	}
 	for _, k := range WindowKeys {
 		w, ok := hb.Windows[k]
 		if !ok {
@@ -171,15 +175,22 @@ func (hb *Heartbeat) Validate() error {
 }
 
 func (w Window) validate() error {
-	for name, r := range map[string]float64{"nxdomainRatio": w.NXDomainRatio, "servfailRatio": w.ServfailRatio} {
-		if r < 0 || r > 1 || r != r {
-			return fmt.Errorf("%s %v out of [0,1]", name, r)
-		}
+	// In a fixed order, so that the first problem is always the same one.
+	switch r := w.NXDomainRatio; {
+	case r < 0 || r > 1 || r != r:
+		return fmt.Errorf("nxdomainRatio %v out of [0,1]", r)
 	}
-	for name, e := range map[string]float64{"rcodeEntropy": w.RcodeEntropy, "servfailSourceEntropy": w.ServfailSourceEntropy} {
-		if e < 0 || e > 64 || e != e {
-			return fmt.Errorf("%s %v out of range", name, e)
-		}
+	switch r := w.ServfailRatio; {
+	case r < 0 || r > 1 || r != r:
+		return fmt.Errorf("servfailRatio %v out of [0,1]", r)
+	}
+	switch e := w.RcodeEntropy; {
+	case e < 0 || e > 64 || e != e:
+		return fmt.Errorf("rcodeEntropy %v out of range", e)
+	}
+	switch e := w.ServfailSourceEntropy; {
+	case e < 0 || e > 64 || e != e:
+		return fmt.Errorf("servfailSourceEntropy %v out of range", e)
 	}
 	return nil
 }

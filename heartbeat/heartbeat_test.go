@@ -35,6 +35,40 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestInFlightIsOptional: the inflight field is written only when set, read when present,
+// and a reader built before it existed (a struct without the field, as encoding/json
+// decodes into it) reads a heartbeat that has it.
+func TestInFlightIsOptional(t *testing.T) {
+	without, _ := json.Marshal(valid())
+	if strings.Contains(string(without), "inflight") {
+		t.Fatalf("a heartbeat without InFlight must not carry the field: %s", without)
+	}
+	hb, err := Parse(without)
+	if err != nil || hb.InFlight != nil {
+		t.Fatalf("Parse of a heartbeat without inflight: %+v, %v", hb.InFlight, err)
+	}
+	with := valid()
+	with.InFlight = &InFlight{Count: 3, OldestMicros: 2_500_000}
+	b, _ := json.Marshal(with)
+	if !strings.Contains(string(b), `"inflight":{"count":3,"oldestMicros":2500000}`) {
+		t.Fatalf("encoded: %s", b)
+	}
+	hb, err = Parse(b)
+	if err != nil || hb.InFlight == nil || *hb.InFlight != *with.InFlight {
+		t.Fatalf("Parse: %+v, %v", hb.InFlight, err)
+	}
+	type oldHeartbeat struct { // the fields of v1 before inflight
+		Version int               `json:"version"`
+		Seq     uint64            `json:"seq"`
+		Windows map[string]Window `json:"windows"`
+		Verdict string            `json:"verdict"`
+	}
+	var old oldHeartbeat
+	if err := json.Unmarshal(b, &old); err != nil || old.Seq != 4 || old.Verdict != "healthy" || len(old.Windows) != 3 {
+		t.Fatalf("an old reader: %+v, %v", old, err)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	mutate := func(f func(*Heartbeat)) string {
 		hb := valid()
@@ -54,6 +88,7 @@ func TestParseRejects(t *testing.T) {
 		{"bad verdict", mutate(func(h *Heartbeat) { h.Verdict = "fine" }), `verdict "fine"`, false},
 		{"ratio out of range", mutate(func(h *Heartbeat) { w := h.Windows["1s"]; w.ServfailRatio = 2; h.Windows["1s"] = w }), "servfailRatio 2 out of [0,1]", false},
 		{"negative entropy", mutate(func(h *Heartbeat) { w := h.Windows["10s"]; w.RcodeEntropy = -1; h.Windows["10s"] = w }), "rcodeEntropy -1", false},
+		{"inflight age without queries", mutate(func(h *Heartbeat) { h.InFlight = &InFlight{OldestMicros: 5} }), "inflight oldestMicros 5 with count 0", false},
 		{"bad tick", strings.Replace(mutate(func(*Heartbeat) {}), `"100ms"`, `"soon"`, 1), "duration", false},
 		{"too large", `{"replica":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, "larger than", false},
 	}

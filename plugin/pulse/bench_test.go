@@ -23,8 +23,7 @@ func BenchmarkServeDNS(b *testing.B) {
 		return dns.RcodeSuccess, nil
 	})
 	p := newTestPulse(answer)
-	p.hub.store = newStore(64) // as many shards as a big machine's Ps
-	p.hub.store.prepare(0)
+	p.hub = newHub("bench", 64) // as many shards as a big machine's Ps
 	chains := []struct {
 		name string
 		h    plugin.Handler

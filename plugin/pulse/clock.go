@@ -14,7 +14,16 @@ type clock struct {
 	baseTicks int64
 	baseNanos int64
 	nsPerTick atomic.Uint64 // float64 bits
+	// epochShift makes an epoch, 2^epochShift ticks: 8 to 16 ms whatever the counter's
+	// rate. Epochs are what in-flight queries are grouped by; an integer shift of the
+	// entry tick, so the query's exit finds the same epoch however the rate is recalibrated
+	// meanwhile.
+	epochShift uint
 }
+
+// minEpoch is the shortest an epoch may be; the shift picks the first power of two of
+// ticks at least this long.
+const minEpoch = 8 * time.Millisecond
 
 func newClock() *clock {
 	c := &clock{baseTicks: ticks(), baseNanos: nanotime()}
@@ -22,8 +31,26 @@ func newClock() *clock {
 	for nanotime()-c.baseNanos < int64(time.Millisecond) {
 	}
 	c.calibrate()
+	ns := math.Float64frombits(c.nsPerTick.Load())
+	for float64(uint64(1)<<c.epochShift)*ns < float64(minEpoch) && c.epochShift < 62 {
+		c.epochShift++
+	}
 	return c
 }
+
+// epochOf is the epoch of tick count t (0 for counts before the clock's creation).
+func (c *clock) epochOf(t int64) uint64 {
+	if t <= c.baseTicks {
+		return 0
+	}
+	return uint64(t-c.baseTicks) >> c.epochShift
+}
+
+// epochStart is the tick count at which epoch e began.
+func (c *clock) epochStart(e uint64) int64 { return c.baseTicks + int64(e<<c.epochShift) }
+
+// epochWidth is the length of one epoch at the current rate.
+func (c *clock) epochWidth() time.Duration { return c.elapsed(0, int64(1)<<c.epochShift) }
 
 // since returns the time from the clock's creation to the tick count t. Counters that
 // disagree across cores could make it go back a little; callers clamp where it matters.

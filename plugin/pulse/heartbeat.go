@@ -1,6 +1,7 @@
 package pulse
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,7 +32,11 @@ type config struct {
 	lease          bool
 	leaseNamespace string
 	leaseInterval  time.Duration
+	maxWatchers    int // streams (GET /pulse?watch=1) served at once; 0: none
 }
+
+// maxWatchersLimit bounds the watchers option.
+const maxWatchersLimit = 1024
 
 func defaultConfig() config {
 	return config{
@@ -42,6 +47,7 @@ func defaultConfig() config {
 		p99:           500 * time.Millisecond,
 		minQueries:    20,
 		leaseInterval: 5 * time.Second,
+		maxWatchers:   8,
 	}
 }
 
@@ -56,7 +62,7 @@ func (c config) selfProbeTimeout() time.Duration {
 var windowSpans = []time.Duration{time.Second, 10 * time.Second, 60 * time.Second}
 
 // runner serves one listener for one CoreDNS instance: the ticker (seq, heartbeat,
-// self-probe, metrics, lease), the janitor that prepares store slots, and GET /pulse. A
+// self-probe, metrics, lease), the janitor that snapshots the store, and GET /pulse. A
 // reload stops it and starts the next instance's runner on the same hub.
 type runner struct {
 	cfg       config
@@ -70,8 +76,16 @@ type runner struct {
 	ln     net.Listener
 
 	body      atomic.Pointer[[]byte] // the last heartbeat, encoded: GET /pulse only copies it
+	line      atomic.Pointer[[]byte] // the same bytes and a newline: a line of the stream
+	watch     *watchers
+	ctx       context.Context // ends when the runner stops: streams end with it
 	lastProbe atomic.Pointer[heartbeat.SelfProbe]
 	lease     *leaser
+
+	// For tests: how long a stream's write may block (0: stuckAfter's rule), and a
+	// wrapper of the listener.
+	stuck        time.Duration
+	wrapListener func(net.Listener) net.Listener
 }
 
 func (r *runner) start() error {
@@ -79,14 +93,18 @@ func (r *runner) start() error {
 	if err != nil {
 		return fmt.Errorf("pulse: listen %s: %w", r.cfg.addr, err)
 	}
+	if r.wrapListener != nil {
+		ln = r.wrapListener(ln)
+	}
 	r.ln = ln
+	r.watch = newWatchers(r.cfg.maxWatchers)
 	mux := http.NewServeMux()
 	mux.HandleFunc(heartbeat.Path, r.servePulse)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("OK")) })
 	r.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 90 * time.Second}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
+	r.ctx, r.cancel = ctx, cancel
 	r.tickOnce(time.Now()) // a heartbeat exists from the first request on
 	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.srv.Serve(ln) }()
@@ -105,13 +123,23 @@ func (r *runner) stop() error {
 		return nil
 	}
 	r.cancel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	// Requests in progress finish (a heartbeat is written in microseconds); then the rest
+	// is closed. Shutdown alone waits for a connection that is open but has sent no request
+	// yet (a poller that just connected) for up to its whole deadline, and a reload waits
+	// with it.
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	err := r.srv.Shutdown(ctx)
+	var err error
+	if r.srv.Shutdown(ctx) != nil {
+		err = r.srv.Close()
+	}
 	r.wg.Wait()
 	r.cancel = nil
 	return err
 }
+
+// shutdownGrace is how long stop lets requests in progress finish.
+const shutdownGrace = 100 * time.Millisecond
 
 func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
@@ -119,13 +147,23 @@ func (r *runner) servePulse(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	watch, err := watchRequested(req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if watch && req.Method == http.MethodGet {
+		r.serveWatch(w, req)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(*r.body.Load())
 }
 
-// janitor prepares the store's next slots. It runs at half the fine slot width, apart
-// from the ticker, so a long tick never leaves writers an unprepared slot.
+// janitor snapshots the store's counters and recalibrates the clock. It runs at half the
+// fine snapshot interval, apart from the ticker, so a long tick does not coarsen the
+// windows; a late janitor only makes a window longer, it loses no count.
 func (r *runner) janitor(ctx context.Context) {
 	t := time.NewTicker(fineWidth / 2)
 	defer t.Stop()
@@ -135,7 +173,7 @@ func (r *runner) janitor(ctx context.Context) {
 			return
 		case <-t.C:
 			r.hub.clock.calibrate()
-			r.hub.store.prepare(r.hub.now())
+			r.hub.store.snapshot(r.hub.now())
 		}
 	}
 }
@@ -166,12 +204,19 @@ func (r *runner) ticker(ctx context.Context) {
 // tickOnce builds, encodes and publishes the heartbeat for this tick.
 func (r *runner) tickOnce(now time.Time) {
 	hb := r.build(now, r.hub.seq.Add(1))
-	b, err := json.Marshal(hb)
-	if err != nil { // cannot happen with these types; never leave the old body claiming freshness
+	// Encoded once, for GET /pulse and every stream alike: the encoder ends it with the
+	// newline that makes it a line of the stream; the body is the same bytes without it.
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(hb); err != nil { // cannot happen with these types
 		log.Errorf("encoding heartbeat: %v", err)
 		return
 	}
-	r.body.Store(&b)
+	line := buf.Bytes()
+	body := line[:len(line)-1]
+	r.body.Store(&body)
+	r.line.Store(&line)
+	r.watch.publish(&line)
+	watchersGauge.WithLabelValues(r.cfg.addr).Set(float64(r.watch.count()))
 	reportMetrics(r.cfg.addr, hb)
 	if r.lease != nil {
 		r.lease.update(hb)
@@ -193,6 +238,8 @@ func (r *runner) build(now time.Time, seq uint64) *heartbeat.Heartbeat {
 	for i, span := range windowSpans {
 		hb.Windows[heartbeat.WindowKeys[i]] = summarize(r.hub.store.window(mono, span))
 	}
+	n, oldest := r.hub.inflight.report(r.hub.clock, r.hub.store.inflight(), ticks())
+	hb.InFlight = &heartbeat.InFlight{Count: n, OldestMicros: uint64(oldest / time.Microsecond)}
 	if p := r.lastProbe.Load(); p != nil {
 		hb.SelfProbe = *p
 	} else {
@@ -236,8 +283,7 @@ func (r *runner) selfProbe(ctx context.Context) {
 	m := new(dns.Msg)
 	m.SetQuestion(r.cfg.probeName, r.cfg.probeType)
 	m.RecursionDesired = true
-	r.hub.probeID.Store(uint32(m.Id) + 1)
-	defer r.hub.probeID.CompareAndSwap(uint32(m.Id)+1, 0)
+	m.Id = r.hub.probes.next()
 
 	c := &dns.Client{Net: "udp", Timeout: r.cfg.selfProbeTimeout()}
 	start := time.Now()

@@ -2,7 +2,9 @@ package pulse
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -92,6 +94,9 @@ func TestHeartbeatTicksAndSelfProbes(t *testing.T) {
 	first := getHeartbeat(t, url)
 	if first.Replica != "r1" || first.Version != 1 || first.Verdict != "healthy" {
 		t.Fatalf("heartbeat %+v", first)
+	}
+	if first.InFlight == nil || first.InFlight.Count != 0 || first.InFlight.OldestMicros != 0 {
+		t.Fatalf("inflight %+v, want present and zero", first.InFlight)
 	}
 	var hb *heartbeat.Heartbeat
 	waitFor(t, "seq to move and a self-probe to succeed", func() bool {
@@ -188,4 +193,27 @@ func TestRunnerStopLeaksNothing(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	waitFor(t, fmt.Sprintf("goroutines back to %d", before), func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestStopDoesNotWaitForAnIdleNewConnection: a client that connected and has not sent its
+// request yet (a poller between two polls) held a reload up for Shutdown's whole 2 s
+// deadline, which then returned an error; now stop closes it after a short grace.
+func TestStopDoesNotWaitForAnIdleNewConnection(t *testing.T) {
+	p := newTestPulse(writeRcode(dns.RcodeSuccess, 0))
+	r := &runner{cfg: config{addr: "127.0.0.1:0", tick: 10 * time.Millisecond, replica: "r", probeName: "dnspulse-self-probe."}, hub: p.hub}
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := r.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read on the idle connection after stop: %v, want EOF (closed by the server)", err)
+	}
 }

@@ -50,6 +50,18 @@ var (
 		Help:    "Time of the self-probes.",
 		Buckets: plugin.TimeBuckets,
 	}, []string{"listener"})
+	inflightQueries = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "inflight",
+		Help: "Client queries that entered pulse and have not returned.",
+	}, []string{"listener"})
+	inflightOldest = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "inflight_oldest_seconds",
+		Help: "Age of the oldest client query in flight; 0 when none is.",
+	}, []string{"listener"})
+	watchersGauge = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "watchers",
+		Help: "Heartbeat streams (GET /pulse?watch=1) being served.",
+	}, []string{"listener"})
 	leaseRenewals = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "lease_renewals_total",
 		Help: "Lease heartbeat renewals by result (success, error).",
@@ -59,6 +71,10 @@ var (
 func reportMetrics(listener string, hb *heartbeat.Heartbeat) {
 	heartbeatSeq.WithLabelValues(listener).Set(float64(hb.Seq))
 	degraded.WithLabelValues(listener).Set(b2f(hb.Verdict == heartbeat.VerdictDegraded))
+	if f := hb.InFlight; f != nil {
+		inflightQueries.WithLabelValues(listener).Set(float64(f.Count))
+		inflightOldest.WithLabelValues(listener).Set(float64(f.OldestMicros) / 1e6)
+	}
 	for _, key := range heartbeat.WindowKeys {
 		w := hb.Windows[key]
 		windowQueries.WithLabelValues(listener, key).Set(float64(w.Queries))

@@ -1,9 +1,31 @@
 // Package pulse is a CoreDNS plugin that measures every query inside the process
-// (latency, rcodes, rcode entropy, the sources of SERVFAIL answers) at near-zero cost,
-// probes its own DNS listener every tick, and publishes the result as a heartbeat:
-// GET /pulse on its own listener, coredns_pulse_* metrics, and optionally a Lease.
+// (latency, rcodes, rcode entropy, the sources of SERVFAIL answers, the queries still in
+// flight) at near-zero cost, probes its own DNS listener every tick, and publishes the
+// result as a heartbeat: GET /pulse on its own listener, coredns_pulse_* metrics, and
+// optionally a Lease.
 //
 // Data flow: query -> pulse (this package records it) -> heartbeat -> healer.
+//
+// # What pulse assumes of the chain
+//
+// Nothing about what the rest of the chain does with the writer and the context once
+// ServeDNS has returned. CoreDNS makes no such promise, and in v1.15.0:
+//   - cache's serve_stale verify with a timeout (verifyWithTimeout) serves the stale entry
+//     and leaves a goroutine running the rest of the chain with a writer that wraps ours;
+//     forward, in that goroutine, calls RemoteAddr on it again for every retry, seconds
+//     after the client was answered. Its prefetch and immediate serve_stale refreshes run
+//     with a writer of their own (no client writer), and the context of the query.
+//   - transfer and erratic write AXFR/IXFR replies from a goroutine of their own, which
+//     ends before ServeDNS returns; metrics, dnstap and trace wrap the writer and use it
+//     only until they return; cancel and timeouts bound the context, never the writer.
+//
+// A third-party plugin may do anything the cache does. So every object reachable from the
+// writer pulse hands down (the recorder) belongs to one query and is never reused (they
+// come from slabs that are never refilled, see recorder.go): a late call reaches the
+// client's own writer, and what it touches in the recorder is either
+// immutable or atomic. The query is counted once, when ServeDNS returns (or panics); a
+// write after that is passed on but not counted. pulse passes the context on unchanged
+// and keeps nothing of it.
 package pulse
 
 import (
@@ -37,31 +59,40 @@ type Pulse struct {
 
 // ServeDNS implements plugin.Handler.
 //
-// Hot path: no lock and no allocation (the recorder is pooled). Two reads of the CPU's
-// time-stamp counter, a shard lookup and a few uncontended atomic adds; BenchmarkServeDNS
-// in bench_test.go measures it against the same chain without pulse (see BENCHMARKS.md).
+// Hot path: no lock; one allocation per 64 queries, a slab of recorders (see recorder.go
+// for why they cannot be pooled). Two reads of the CPU's time-stamp counter, a shard
+// lookup, a compare-and-swap in and out of the in-flight ring, one for the first rcode,
+// and three or four uncontended atomic adds; BenchmarkServeDNS in bench_test.go measures
+// it against the same chain without pulse (see BENCHMARKS.md: ~100 ns).
 func (p *Pulse) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if id := p.hub.probeID.Load(); id != 0 && uint32(r.Id)+1 == id && p.isProbe(r) {
+	if p.hub.probes.has(r.Id) && p.isProbe(r) {
 		return p.serveProbe(ctx, w, r)
+	}
+	if p.Next == nil {
+		// pulse alone in a server block: answer as the server answers a block without
+		// plugins (REFUSED, written by the server), and count nothing, as if pulse were
+		// not there; NextOrFailure would make it a SERVFAIL, and a degraded heartbeat.
+		return dns.RcodeRefused, nil
 	}
 	// Everything live while the rest of the chain runs sits on the query goroutine's
 	// stack at its deepest point, and a few hundred bytes more there can make the runtime
 	// double (copy) that stack on most queries: the frame is kept small and the work
-	// after the chain returns is in done, whose frame exists only then.
-	rw := getRecorder(w)
-	rw.start = ticks()
-	var status int
+	// before and after the chain is in begin and done, whose frames exist only then.
+	rw := p.begin(w)
+	// A panic further down is recovered by the server, which answers SERVFAIL: done,
+	// deferred, counts it so and takes the query out of flight.
+	status := dns.RcodeServerFailure
+	defer p.done(rw, &status)
 	var err error
-	if p.Next != nil && !p.traced {
+	if !p.traced {
 		// plugin.NextOrFailure allocates a writer wrapper per call (to track which plugin
-		// wrote), which would be pulse's only allocation; the plugin after pulse is
-		// prometheus, whose recorder does that tracking itself. With trace configured, a
-		// span may want its child, so the chain goes through NextOrFailure then.
+		// wrote); the plugin after pulse is prometheus, whose recorder does that tracking
+		// itself. With trace configured, a span may want its child, so the chain goes
+		// through NextOrFailure then.
 		status, err = p.Next.ServeDNS(ctx, rw, r)
 	} else {
 		status, err = p.nextOrFailure(ctx, rw, r)
 	}
-	p.done(rw, status)
 	return status, err
 }
 
@@ -72,18 +103,36 @@ func (p *Pulse) nextOrFailure(ctx context.Context, w dns.ResponseWriter, r *dns.
 	return plugin.NextOrFailure(p.Name(), p.Next, ctx, w, r)
 }
 
-// done records the query the recorder saw and returns the recorder to its pool.
+// begin makes the query's recorder and counts the query in flight on the current shard.
 //
 //go:noinline
-func (p *Pulse) done(rw *recorder, status int) {
+func (p *Pulse) begin(w dns.ResponseWriter) *recorder {
+	start := ticks()
+	shard := p.hub.store.shardFor(shardHint())
+	sh := &p.hub.store.shards[shard]
+	sh.inflight.enter(p.hub.clock.epochOf(start))
+	rw := sh.recorders.get()
+	rw.ResponseWriter, rw.start, rw.shard = w, start, uint16(shard)
+	return rw
+}
+
+// done counts the query the recorder saw, with the status the chain returned, and takes
+// it out of flight on the shard it entered on. A write to the recorder after this still
+// reaches the client's writer but is not counted: the query was, once.
+//
+//go:noinline
+func (p *Pulse) done(rw *recorder, status *int) {
 	end := ticks()
-	kind := outcome(rw.wrote, rw.rcode, status)
+	shard := int(rw.shard)
+	st := p.hub.store
+	st.shards[shard].inflight.exit(p.hub.clock.epochOf(rw.start))
+	rcode, wrote := rw.first()
+	kind := outcome(wrote, rcode, *status)
 	var source uint32
 	if kind == dns.RcodeServerFailure {
 		source = sourceHash(rw.ResponseWriter.RemoteAddr())
 	}
-	p.hub.store.record(shardHint(), p.hub.clock.since(end), p.hub.clock.elapsed(rw.start, end), kind, source)
-	putRecorder(rw)
+	st.record(shard, p.hub.clock.elapsed(rw.start, end), kind, source)
 }
 
 // Name implements plugin.Handler.
@@ -115,13 +164,19 @@ func (p *Pulse) serveProbe(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 // hub is what one heartbeat listener address owns across reloads: the traffic store, the
 // tick counter and start time, so a reload neither resets the windows nor sends seq back.
 type hub struct {
-	addr    string
-	clock   *clock // store times are relative to its creation
-	started time.Time
-	store   *store
-	seq     atomic.Uint64
-	// probeID is the DNS id of the self-probe in flight plus one; 0 when none is.
-	probeID atomic.Uint32
+	addr     string
+	clock    *clock // store times are relative to its creation
+	started  time.Time
+	store    *store
+	seq      atomic.Uint64
+	probes   probeIDs // the ids of the last self-probes
+	inflight *inflightTracker
+}
+
+func newHub(addr string, shards int) *hub {
+	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards), inflight: newInflightTracker()}
+	h.store.snapshot(0)
+	return h
 }
 
 func (h *hub) now() time.Duration { return h.clock.now() }
@@ -138,8 +193,7 @@ func hubFor(addr string, shards int) *hub {
 	if h, ok := hubs[addr]; ok {
 		return h
 	}
-	h := &hub{addr: addr, clock: newClock(), started: time.Now().UTC(), store: newStore(shards)}
-	h.store.prepare(0)
+	h := newHub(addr, shards)
 	hubs[addr] = h
 	return h
 }

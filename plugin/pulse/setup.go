@@ -80,6 +80,10 @@ func probeTarget(c *dnsserver.Config) (addr, why string) {
 	if c.Transport != "" && c.Transport != "dns" {
 		return "", "transport " + c.Transport + " is not plain DNS"
 	}
+	if c.Port == "0" {
+		// The kernel picks the port when the server listens, after pulse starts.
+		return "", "port 0 is chosen at listen time"
+	}
 	host := ""
 	if len(c.ListenHosts) > 0 {
 		host = c.ListenHosts[0]
@@ -150,6 +154,8 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		cfg.leaseNamespace, err = parseOptionalWord(c)
 	case "lease_interval":
 		cfg.leaseInterval, err = parseDuration(c, time.Second, 10*time.Minute)
+	case "watchers":
+		cfg.maxWatchers, err = parseCountUpTo(c, maxWatchersLimit)
 	default:
 		return c.Errf("unknown property %q", c.Val())
 	}
@@ -216,6 +222,19 @@ func parseCount(c *caddy.Controller) (uint64, error) {
 		return 0, c.Errf("%s %q: must be a whole number", name, s)
 	}
 	return n, nil
+}
+
+// parseCountUpTo reads a whole number from 0 to most.
+func parseCountUpTo(c *caddy.Controller, most uint64) (int, error) {
+	name := c.Val()
+	n, err := parseCount(c)
+	if err != nil {
+		return 0, err
+	}
+	if n > most {
+		return 0, c.Errf("%s %d: at most %d", name, n, most)
+	}
+	return int(n), nil
 }
 
 func parseWord(c *caddy.Controller) (string, error) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
 
 	"github.com/miekg/dns"
 )
@@ -26,11 +27,11 @@ func TestParse(t *testing.T) {
 				t.Errorf("addr %q", c.addr)
 			}
 		}},
-		{input: "pulse :9155 {\n tick 50ms\n self_probe kubernetes.default.svc.cluster.local AAAA\n self_probe_timeout 200ms\n replica coredns-abc\n servfail_ratio 0.5\n p99 80ms\n min_queries 5\n lease kube-system\n lease_interval 3s\n}",
+		{input: "pulse :9155 {\n tick 50ms\n self_probe kubernetes.default.svc.cluster.local AAAA\n self_probe_timeout 200ms\n replica coredns-abc\n servfail_ratio 0.5\n p99 80ms\n min_queries 5\n lease kube-system\n lease_interval 3s\n watchers 3\n}",
 			check: func(t *testing.T, c config) {
 				want := config{addr: ":9155", tick: 50 * time.Millisecond, probeName: "kubernetes.default.svc.cluster.local.", probeType: dns.TypeAAAA,
 					probeTimeout: 200 * time.Millisecond, replica: "coredns-abc", servfailRatio: 0.5, p99: 80 * time.Millisecond, minQueries: 5,
-					lease: true, leaseNamespace: "kube-system", leaseInterval: 3 * time.Second}
+					lease: true, leaseNamespace: "kube-system", leaseInterval: 3 * time.Second, maxWatchers: 3}
 				if c != want {
 					t.Errorf("got %+v\nwant %+v", c, want)
 				}
@@ -43,6 +44,8 @@ func TestParse(t *testing.T) {
 		{input: `pulse :9155 :9156`, wantErr: "Wrong argument count"},
 		{input: `pulse nonsense`, wantErr: `pulse address "nonsense"`},
 		{input: `pulse 127.0.0.1:http`, wantErr: `port "http"`},
+		{input: "pulse {\n watchers 2000\n}", wantErr: "watchers 2000: at most 1024"},
+		{input: "pulse {\n watchers -1\n}", wantErr: `watchers "-1": must be a whole number`},
 		{input: "pulse {\n tick fast\n}", wantErr: `Testfile:2 - Error during parsing: tick "fast": not a duration`},
 		{input: "pulse {\n tick 1ms\n}", wantErr: "tick 1ms: must be between 10ms and 10s"},
 		{input: "pulse {\n tick\n}", wantErr: "tick takes exactly one argument, got 0"},
@@ -90,6 +93,27 @@ func TestDefaultProbeName(t *testing.T) {
 	for zone, want := range map[string]string{".": "dnspulse-self-probe.", "": "dnspulse-self-probe.", "Example.org.": "dnspulse-self-probe.example.org.", "cluster.local": "dnspulse-self-probe.cluster.local."} {
 		if got := defaultProbeName(zone); got != want {
 			t.Errorf("zone %q: %q, want %q", zone, got, want)
+		}
+	}
+}
+
+func TestProbeTarget(t *testing.T) {
+	tests := []struct {
+		cfg       dnsserver.Config
+		addr, why string
+	}{
+		{dnsserver.Config{Port: "53"}, "127.0.0.1:53", ""},
+		{dnsserver.Config{Port: "1053", ListenHosts: []string{"::"}}, "[::1]:1053", ""},
+		{dnsserver.Config{Port: "53", ListenHosts: []string{"10.0.0.10"}}, "10.0.0.10:53", ""},
+		{dnsserver.Config{Port: "853", Transport: "tls"}, "", "transport tls is not plain DNS"},
+		// A block on port 0 gets its port when it listens, after pulse has started: there
+		// is nothing to probe (the probe went to port 0 and failed, a degraded heartbeat).
+		{dnsserver.Config{Port: "0"}, "", "port 0 is chosen at listen time"},
+	}
+	for _, tc := range tests {
+		addr, why := probeTarget(&tc.cfg)
+		if addr != tc.addr || why != tc.why {
+			t.Errorf("probeTarget(port %s hosts %v transport %q) = %q, %q; want %q, %q", tc.cfg.Port, tc.cfg.ListenHosts, tc.cfg.Transport, addr, why, tc.addr, tc.why)
 		}
 	}
 }

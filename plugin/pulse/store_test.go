@@ -35,9 +35,9 @@ func TestBucketOf(t *testing.T) {
 
 func TestQuantilesHandComputed(t *testing.T) {
 	s := newStore(1)
-	s.prepare(0)
+	s.snapshot(0)
 	for us := 1; us <= 100; us++ { // one query at each of 1..100 µs
-		s.record(0, 0, time.Duration(us)*time.Microsecond, dns.RcodeSuccess, 0)
+		s.record(0, time.Duration(us)*time.Microsecond, dns.RcodeSuccess, 0)
 	}
 	w := summarize(s.window(0, time.Second))
 	// 50 µs lies in bucket [50,51], 90 in [88,91], 99 in [96,99] (16 buckets per octave).
@@ -46,9 +46,9 @@ func TestQuantilesHandComputed(t *testing.T) {
 	}
 	// Small values are exact.
 	s = newStore(1)
-	s.prepare(0)
+	s.snapshot(0)
 	for _, us := range []int{3, 3, 3, 7} {
-		s.record(0, 0, time.Duration(us)*time.Microsecond, dns.RcodeSuccess, 0)
+		s.record(0, time.Duration(us)*time.Microsecond, dns.RcodeSuccess, 0)
 	}
 	if got := summarize(s.window(0, time.Second)).LatencyMicros; got.P50 != 3 || got.P99 != 7 || got.Max != 7 {
 		t.Fatalf("latency %+v, want p50 3 p99 7 max 7", got)
@@ -57,11 +57,11 @@ func TestQuantilesHandComputed(t *testing.T) {
 
 func TestEntropyAndRatiosHandComputed(t *testing.T) {
 	s := newStore(2)
-	s.prepare(0)
+	s.snapshot(0)
 	mix := map[int]int{dns.RcodeSuccess: 6, dns.RcodeNameError: 2, dns.RcodeServerFailure: 1, dns.RcodeRefused: 1}
 	for kind, n := range mix {
 		for i := range n {
-			s.record(i, 0, time.Millisecond, kind, 7)
+			s.record(i, time.Millisecond, kind, 7)
 		}
 	}
 	w := summarize(s.window(0, time.Second))
@@ -83,14 +83,14 @@ func TestEntropyAndRatiosHandComputed(t *testing.T) {
 
 func TestServfailSourceEntropy(t *testing.T) {
 	s := newStore(1)
-	s.prepare(0)
+	s.snapshot(0)
 	// Four clients in distinct /24s, two SERVFAILs each: 2 bits, unless the sketch collides.
 	hashes := map[uint32]bool{}
 	for i := range 4 {
 		h := sourceHash(&net.UDPAddr{IP: net.IPv4(198, 18, byte(i), 9)})
 		hashes[h%sourceBuckets] = true
-		s.record(0, 0, time.Millisecond, dns.RcodeServerFailure, h)
-		s.record(0, 0, time.Millisecond, dns.RcodeServerFailure, h)
+		s.record(0, time.Millisecond, dns.RcodeServerFailure, h)
+		s.record(0, time.Millisecond, dns.RcodeServerFailure, h)
 	}
 	if len(hashes) != 4 {
 		t.Skip("test prefixes collide in the sketch; pick others")
@@ -110,76 +110,146 @@ func TestServfailSourceEntropy(t *testing.T) {
 
 func TestWindowRotation(t *testing.T) {
 	s := newStore(1)
-	at := func(d time.Duration) time.Duration { return d }
-	// One query per 100 ms for 70 s, the janitor preparing slots as it would.
+	// One query per 100 ms for 70 s (at 0, 0.1, ...), the janitor snapshotting 50 ms
+	// after each (as it would, at half the fine interval, the first of each slot taken).
 	for ms := 0; ms < 70_000; ms += 100 {
-		now := at(time.Duration(ms) * time.Millisecond)
-		s.prepare(now)
-		s.record(0, now, time.Millisecond, dns.RcodeSuccess, 0)
+		s.record(0, time.Millisecond, dns.RcodeSuccess, 0)
+		s.snapshot(time.Duration(ms+50) * time.Millisecond)
 	}
-	now := at(69_950 * time.Millisecond)
+	now := 69_990 * time.Millisecond
+	// The 1 s window starts at the newest snapshot taken by now-1s+50ms (68.95 s): the
+	// queries at 69.0 ... 69.9 s.
 	if n := summarize(s.window(now, time.Second)).Queries; n != 10 {
 		t.Errorf("1s window: %d queries, want 10", n)
 	}
-	if n := summarize(s.window(now, 10*time.Second)).Queries; n != 100 {
-		t.Errorf("10s window: %d queries, want 100", n)
+	// Coarse snapshots were taken at 0.05, 1.05, ... s; the 10 s window starts at the newest
+	// by now-10s+0.5s (60.05 s): the queries at 60.1 ... 69.9 s.
+	if n := summarize(s.window(now, 10*time.Second)).Queries; n != 99 {
+		t.Errorf("10s window: %d queries, want 99", n)
 	}
-	if n := summarize(s.window(now, 60*time.Second)).Queries; n != 600 {
-		t.Errorf("60s window: %d queries, want 600", n)
+	if n := summarize(s.window(now, 60*time.Second)).Queries; n != 599 {
+		t.Errorf("60s window: %d queries, want 599 (from the snapshot at 10.05 s)", n)
 	}
 	// Five quiet seconds later the 1s window is empty and the 10s window holds five seconds.
 	later := now + 5*time.Second
-	for t := now; t <= later; t += 50 * time.Millisecond {
-		s.prepare(t)
+	for at := now; at <= later; at += 50 * time.Millisecond {
+		s.snapshot(at)
 	}
 	if n := summarize(s.window(later, time.Second)).Queries; n != 0 {
 		t.Errorf("1s window after silence: %d, want 0", n)
 	}
-	if n := summarize(s.window(later, 10*time.Second)).Queries; n != 50 {
-		t.Errorf("10s window after 5s silence: %d, want 50", n)
+	if n := summarize(s.window(later, 10*time.Second)).Queries; n != 49 {
+		t.Errorf("10s window after 5s silence: %d, want 49 (from the snapshot at 65.05 s)", n)
 	}
 }
 
-func TestUnpreparedSlotIsNotCountedWrong(t *testing.T) {
+// TestStalledJanitorKeepsCounts is the starved process: 50 queries over 13 s while
+// the janitor did not run. The slot ring this store replaced showed 0 queries in every
+// window then, and zeroed the counts when the janitor woke up.
+func TestStalledJanitorKeepsCounts(t *testing.T) {
 	s := newStore(1)
-	s.prepare(0)
-	s.record(0, 0, time.Millisecond, dns.RcodeSuccess, 0)
-	// The janitor stalls for far longer than the ring: the slot the writer lands in was
-	// last prepared for another epoch, so its count must not appear in any window.
-	stale := 100 * time.Second
-	s.record(0, stale, time.Millisecond, dns.RcodeSuccess, 0)
-	if n := summarize(s.window(stale, 60*time.Second)).Queries; n != 0 {
-		t.Fatalf("stale slot counted: %d", n)
+	s.snapshot(0)
+	for range 50 {
+		s.record(0, time.Millisecond, dns.RcodeSuccess, 0)
+	}
+	now := 13 * time.Second
+	// No snapshot since 0: every window reaches back to it and holds all 50.
+	for _, span := range []time.Duration{time.Second, 10 * time.Second, 60 * time.Second} {
+		if n := summarize(s.window(now, span)).Queries; n != 50 {
+			t.Errorf("%v window while the janitor is stalled: %d queries, want 50", span, n)
+		}
+	}
+	s.snapshot(now) // the janitor wakes up
+	if n := summarize(s.window(now, 10*time.Second)).Queries; n != 50 {
+		t.Errorf("10s window once the janitor ran: %d, want 50", n)
+	}
+	// The snapshot at 13 s is too new to start even the 1 s window: that still starts at 0,
+	// where the last snapshot before the stall was, so no query of the last second is lost.
+	if n := summarize(s.window(now, time.Second)).Queries; n != 50 {
+		t.Errorf("1s window once the janitor ran: %d, want 50", n)
+	}
+	// Back on time: the queries stay in the 60 s window and leave the 10 s one.
+	for at := now; at <= now+11*time.Second; at += 50 * time.Millisecond {
+		s.snapshot(at)
+	}
+	if n := summarize(s.window(now+11*time.Second, time.Second)).Queries; n != 0 {
+		t.Errorf("1s window 11 s later: %d, want 0", n)
+	}
+	if n := summarize(s.window(now+11*time.Second, 10*time.Second)).Queries; n != 0 {
+		t.Errorf("10s window 11 s later: %d, want 0", n)
+	}
+	if n := summarize(s.window(now+11*time.Second, 60*time.Second)).Queries; n != 50 {
+		t.Errorf("60s window 11 s later: %d, want 50", n)
+	}
+}
+
+func TestWindowMaxFollowsTheWindow(t *testing.T) {
+	s := newStore(2)
+	s.snapshot(0)
+	s.record(1, 900*time.Millisecond, dns.RcodeSuccess, 0) // at ~0 s
+	at := time.Duration(0)
+	step := func(to time.Duration) {
+		for ; at <= to; at += 50 * time.Millisecond {
+			s.snapshot(at)
+			s.record(0, time.Millisecond, dns.RcodeSuccess, 0)
+		}
+	}
+	step(500 * time.Millisecond)
+	if m := s.window(at, time.Second).max; m != 900_000 {
+		t.Fatalf("1s window max %d µs at %v, want 900000", m, at)
+	}
+	step(3 * time.Second)
+	if m := s.window(at, time.Second).max; m != 1000 {
+		t.Fatalf("1s window max %d µs at %v, want 1000: the slow query has left it", m, at)
+	}
+	if m := s.window(at, 10*time.Second).max; m != 900_000 {
+		t.Fatalf("10s window max %d µs at %v, want 900000", m, at)
+	}
+	step(12 * time.Second)
+	if m := s.window(at, 10*time.Second).max; m != 1000 {
+		t.Fatalf("10s window max %d µs at %v, want 1000", m, at)
+	}
+	if m := s.window(at, 60*time.Second).max; m != 900_000 {
+		t.Fatalf("60s window max %d µs at %v, want 900000", m, at)
 	}
 }
 
 func TestConcurrentRecordAndRead(t *testing.T) {
 	s := newStore(4)
-	s.prepare(0) // as hubFor does before any query
+	s.snapshot(0) // as newHub does before any query
 	var wg sync.WaitGroup
 	const writers, per = 8, 5000
 	stop := make(chan struct{})
+	done := make(chan struct{})
 	go func() { // reader and janitor, as in production
-		for {
+		defer close(done)
+		for at := time.Duration(0); ; at += 10 * time.Millisecond {
 			select {
 			case <-stop:
 				return
 			default:
-				s.prepare(0)
-				_ = summarize(s.window(0, 10*time.Second))
+				s.snapshot(at)
+				_ = summarize(s.window(at, 10*time.Second))
 			}
 		}
 	}()
 	for w := range writers {
 		wg.Go(func() {
 			for i := range per {
-				s.record(w+i, 0, time.Duration(i%500)*time.Microsecond, i%4, uint32(i))
+				s.record(w+i, time.Duration(i%500)*time.Microsecond, i%4, uint32(i))
 			}
 		})
 	}
 	wg.Wait()
 	close(stop)
-	if n := summarize(s.window(0, time.Second)).Queries; n != writers*per {
+	<-done
+	var total counts
+	s.sumLive(&total)
+	var n uint64
+	for _, k := range total.kinds {
+		n += k
+	}
+	if n != writers*per {
 		t.Fatalf("%d queries recorded, want %d", n, writers*per)
 	}
 }

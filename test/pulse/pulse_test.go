@@ -51,9 +51,34 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// coredns is a running CoreDNS process.
+type coredns struct {
+	pid     int
+	exited  chan struct{} // closed when the process has ended
+	waitErr error         // its exit status, once exited is closed
+	log     string        // path of its stdout and stderr
+}
+
+func (c *coredns) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(c.pid, sig); err != nil {
+		t.Fatalf("%v: %v", sig, err)
+	}
+}
+
+// alive fails the test if the process has exited.
+func (c *coredns) alive(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.exited:
+		t.Fatalf("coredns exited: %v (its log follows)", c.waitErr)
+	default:
+	}
+}
+
 // startCoreDNS runs the binary on corefile and waits until /pulse answers; the process
 // is killed when the test ends, whatever happens.
-func startCoreDNS(t *testing.T, corefile, pulseURL string) {
+func startCoreDNS(t *testing.T, corefile, pulseURL string) *coredns {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Corefile")
@@ -67,28 +92,24 @@ func startCoreDNS(t *testing.T, corefile, pulseURL string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	c := &coredns{pid: cmd.Process.Pid, exited: make(chan struct{}), log: filepath.Join(dir, "coredns.log")}
+	go func() { c.waitErr = cmd.Wait(); close(c.exited) }()
 	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT) // a test may have frozen it
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
+		<-c.exited
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "coredns.log"))
+			b, _ := os.ReadFile(c.log)
 			t.Logf("coredns log:\n%s", b)
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "coredns.log"))
-			t.Fatalf("coredns exited: %v\n%s", err, b)
-		default:
-		}
+		c.alive(t)
 		if resp, err := http.Get(pulseURL); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return
+				return c
 			}
 		}
 		if time.Now().After(deadline) {
