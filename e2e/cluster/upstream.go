@@ -74,6 +74,13 @@ func (u *Upstream) SetMode(m UpstreamMode) {
 	u.mu.Unlock()
 }
 
+// Mode is how the upstream behaves now.
+func (u *Upstream) Mode() UpstreamMode {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.mode
+}
+
 func (u *Upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	u.mu.Lock()
 	mode := u.mode

@@ -17,8 +17,16 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// begin waits for three healthy replicas and, when the test fails, prints what the healer wrote
-// meanwhile (the cluster's logs are removed with it).
+// steadyTimeout bounds the wait for the steady state before and after a test (a replaced
+// replica past the healer's warm-up, the informers' relist after an apiserver restart).
+const steadyTimeout = 3 * time.Minute
+
+// begin makes the test start from the steady state (WaitSteady: three healthy replicas judged
+// healthy by every healer, no pod Terminating, no fault in place, the apiserver up, the healer
+// Deployment Ready) and leave it: after the test's own cleanups every harness fault is undone and
+// the steady state awaited again, so that a failing test fails itself and not the ones after it.
+// When the test fails it prints what the healer wrote meanwhile (the cluster's logs are removed
+// with it).
 func begin(t *testing.T) (context.Context, []PodRecord) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -38,9 +46,21 @@ func begin(t *testing.T) (context.Context, []PodRecord) {
 			}
 		}
 	})
-	pods, err := WaitSteady(ctx, cl, obs, 3, 3*time.Minute)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if faults := cl.ActiveFaults(ctx); len(faults) > 0 {
+			t.Errorf("the test left faults in place (undoing them): %v", faults)
+		}
+		if err := cl.ClearFaults(ctx); err != nil {
+			t.Errorf("undoing faults: %v", err)
+		}
+		if _, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout); err != nil {
+			t.Errorf("the test left the cluster unsteady: %v", err)
+		}
+	})
+	pods, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("before the test: %v", err)
 	}
 	return ctx, pods
 }
@@ -528,7 +548,10 @@ func TestDryRun(t *testing.T) {
 	if _, err := waitLeader(ctx, t0); err != nil {
 		t.Fatal(err)
 	}
-	_, pods := begin(t)
+	pods, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
 	target, _ := pick(pods)
 	t1 := time.Now()
 	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
