@@ -18,8 +18,8 @@ import (
 
 // The steady state is what every end-to-end test starts from and leaves behind, so that one
 // failing test cannot cascade into the ones after it: the apiserver up, no fault of the harness in
-// place, the node Ready, every named Deployment with exactly its replicas Ready and current, and
-// no pod Terminating anywhere.
+// place, the node Ready, every named Deployment with exactly its replicas Ready and current, no
+// pod Terminating anywhere, and every PodDisruptionBudget counting all its pods healthy.
 
 // runningPods are the node agent's runners of live (not terminating) pods.
 func (n *Node) runningPods() []*podRunner {
@@ -185,6 +185,19 @@ func (c *Cluster) Steady(ctx context.Context, deployments ...string) error {
 			return fmt.Errorf("pod %s/%s Terminating since %s", p.Namespace, p.Name, p.DeletionTimestamp.Format(time.RFC3339))
 		}
 	}
+	// The disruption controller caught up: every PodDisruptionBudget counts all its pods healthy.
+	// Right after a rollout its status may still describe the pods that were starting, and an
+	// eviction is then refused though every pod is Ready (seen as a 429 on the first heal test).
+	pdbs, err := c.Client.PolicyV1().PodDisruptionBudgets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("PodDisruptionBudgets: %w", err)
+	}
+	for _, b := range pdbs.Items {
+		if st := b.Status; st.ObservedGeneration < b.Generation || st.CurrentHealthy != st.ExpectedPods {
+			return fmt.Errorf("PodDisruptionBudget %s/%s: %d of %d pods healthy (observed generation %d of %d), %d disruptions allowed",
+				b.Namespace, b.Name, st.CurrentHealthy, st.ExpectedPods, st.ObservedGeneration, b.Generation, st.DisruptionsAllowed)
+		}
+	}
 	for _, d := range deployments {
 		ns, name, ok := strings.Cut(d, "/")
 		if !ok {
@@ -219,9 +232,10 @@ func (c *Cluster) Steady(ctx context.Context, deployments ...string) error {
 }
 
 // WaitSteady waits up to timeout for the steady state: no harness fault in place (ActiveFaults
-// empty; the apiserver answering /readyz), the node Ready and untainted, no pod Terminating, and
-// each of deployments ("namespace/name") with exactly its replicas, all Ready and current. The
-// error says what was not steady at the deadline.
+// empty; the apiserver answering /readyz), the node Ready and untainted, no pod Terminating, every
+// PodDisruptionBudget's status caught up (all its pods healthy), and each of deployments
+// ("namespace/name") with exactly its replicas, all Ready and current. The error says what was not
+// steady at the deadline.
 func (c *Cluster) WaitSteady(ctx context.Context, timeout time.Duration, deployments ...string) error {
 	tlsCfg, err := rest.TLSConfigFor(c.Config)
 	if err != nil {
