@@ -61,7 +61,7 @@ e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the con
 
 .PHONY: e2e-repeat
 e2e-repeat: cluster-bins build ## The flake count: the whole e2e suite N times (default 10), never stopping at a failure; HOG=1 adds a busy loop per CPU; summary per run and per test, logs per run in _output/e2e-repeat (root).
-	BIN=$(BIN) N=$(N) HOG=$(HOG) RUN='$(RUN)' hack/e2e-repeat.sh
+	BIN=$(BIN) N=$(N) HOG=$(HOG) RUN='$(RUN)' PKGS='$(PKGS)' hack/e2e-repeat.sh
 
 .PHONY: cluster-bins cluster cluster-down
 cluster-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, helm (cached outside the tree by pins).
