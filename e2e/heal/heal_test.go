@@ -45,6 +45,14 @@ func begin(t *testing.T) (context.Context, []PodRecord) {
 						t.Logf("event %s %s %s: %s", p.Name, ev.Type, ev.Reason, ev.Note)
 					}
 				}
+				for _, c := range p.ReadyChanges {
+					if !c.Seen.Before(since) {
+						t.Logf("%s Ready %s at %s", p.Name, c.What, c.Seen.Format("15:04:05.000"))
+					}
+				}
+			}
+			for _, c := range obs.PDBChanges(since) {
+				t.Logf("PDB coredns at %s: %s", c.Seen.Format("15:04:05.000"), c.What)
 			}
 		}
 	})
