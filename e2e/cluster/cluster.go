@@ -193,7 +193,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	c.Gateway, c.PodCIDR = c.net.gateway, c.net.cidr()
 	logf("pod network %s on bridge %s", c.PodCIDR, c.net.bridge)
 
-	if c.Upstream, err = startUpstream(c.Gateway.String(), opts.UpstreamRecords); err != nil {
+	if c.Upstream, err = startUpstream(c.Gateway.String(), opts.UpstreamRecords, logf); err != nil {
 		return c, fmt.Errorf("upstream DNS: %w", err)
 	}
 
