@@ -120,6 +120,7 @@ func (r *podRunner) run() {
 			r.logf("terminating (grace %s)", grace)
 			r.terminate(grace)
 			r.teardown()
+			r.logf("terminated; deleting the pod")
 			r.finalizeDelete(ctx)
 			return
 		}
@@ -267,8 +268,14 @@ func (r *podRunner) teardown() {
 		dl.close()
 	}
 	if pn != nil {
+		began := time.Now()
 		if err := pn.remove(context.Background()); err != nil {
 			r.logf("teardown: %v", err)
+		}
+		// The kernel destroys a netns asynchronously under the rtnl lock; on a loaded machine the
+		// veth's removal has waited tens of seconds for it. Said, since the pod's DELETE waits too.
+		if d := time.Since(began); d > 5*time.Second {
+			r.logf("sandbox removal took %s", d.Round(time.Millisecond))
 		}
 		r.n.c.net.release(pn.ip)
 	}
