@@ -189,6 +189,11 @@ func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
 	if len(global.Replicas) != len(pods) {
 		t.Errorf("global names %v, want all %d replicas", global.Replicas, len(pods))
 	}
+	// client-go's events recorder writes an Event and its first repetition (Series.Count 2); later
+	// isomorphic ones only bump a counter it sends on a 30-minute heartbeat. A healer whose series
+	// on these pods is already at 2 (an earlier outage, or a flap of the global verdict) records
+	// this outage invisibly, so only the absence of any Event at all is an error then.
+	var aggregated string
 	err = obs.Wait(ctx, 30*time.Second, "an Event GlobalDNSFailure", func() bool {
 		for _, p := range pods {
 			r, _ := obs.Pod(p.Name)
@@ -196,11 +201,16 @@ func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
 				if ev.Reason == "GlobalDNSFailure" && !ev.Seen.Before(t0) {
 					return true
 				}
+				if ev.Reason == "GlobalDNSFailure" && ev.Count >= 2 {
+					aggregated = fmt.Sprintf("%s by %s (series count %d, seen %s)", p.Name, ev.Reporter, ev.Count, ev.Seen.Format("15:04:05.000"))
+				}
 			}
 		}
 		return false
 	})
-	if err != nil {
+	if err != nil && aggregated != "" {
+		t.Logf("no new GlobalDNSFailure Event: the recorder's series for it is past its second occurrence (%s); later occurrences are not written until its heartbeat", aggregated)
+	} else if err != nil {
 		t.Error(err)
 	}
 	// Keep the outage going for several healer cycles (global cooldown 2s, backoff 1s): a healer
