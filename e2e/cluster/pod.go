@@ -272,8 +272,8 @@ func (r *podRunner) teardown() {
 		if err := pn.remove(context.Background()); err != nil {
 			r.logf("teardown: %v", err)
 		}
-		// The kernel destroys a netns asynchronously under the rtnl lock; on a loaded machine the
-		// veth's removal has waited tens of seconds for it. Said, since the pod's DELETE waits too.
+		// The kernel destroys a netns asynchronously under the rtnl lock, and removing the veth may
+		// wait for it on a loaded machine. Said, since the pod's DELETE waits for the removal.
 		if d := time.Since(began); d > 5*time.Second {
 			r.logf("sandbox removal took %s", d.Round(time.Millisecond))
 		}
