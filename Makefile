@@ -62,6 +62,10 @@ test-image: image ## Unpack both image archives, check their config and run thei
 e2e: cluster-bins build ## End-to-end tests on the local cluster (builds the control plane once: ~10 min cold on a quiet 2-core machine, cached in ~/.cache/dnspulse).
 	DNSPULSE_BIN_DIR=$(abspath $(BIN)) $(GO) test -count=1 -p 1 -tags e2e -timeout 40m -v ./e2e/...
 
+.PHONY: e2e-repeat
+e2e-repeat: cluster-bins build ## The flake count: the whole e2e suite N times (default 10), never stopping at a failure; HOG=1 adds a busy loop per CPU; summary per run and per test, logs per run in _output/e2e-repeat (root).
+	BIN=$(BIN) N=$(N) HOG=$(HOG) RUN='$(RUN)' PKGS='$(PKGS)' hack/e2e-repeat.sh
+
 .PHONY: cluster-bins cluster cluster-down
 cluster-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, helm (cached outside the tree by pins).
 	OUT_BIN=$(abspath $(BIN)) e2e/hack/build-cluster-bins.sh

@@ -59,27 +59,35 @@ func isReady(p *corev1.Pod) bool {
 	return false
 }
 
+// listReadyDNSPods returns the CoreDNS pods, sorted by name, when there are exactly three and
+// all are Ready and not terminating.
+func listReadyDNSPods(ctx context.Context) ([]corev1.Pod, error) {
+	list, err := cl.Client.CoreV1().Pods(dnsNS).List(ctx, metav1.ListOptions{LabelSelector: dnsSelector})
+	if err != nil {
+		return nil, err
+	}
+	var pods []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil && isReady(&p) {
+			pods = append(pods, p)
+		}
+	}
+	if len(pods) != 3 || len(list.Items) != 3 {
+		return nil, fmt.Errorf("%d Ready of %d CoreDNS pods, want 3 of 3", len(pods), len(list.Items))
+	}
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
+	return pods, nil
+}
+
 // readyDNSPods waits until the coredns Deployment has all its replicas Ready and returns them.
 func readyDNSPods(t *testing.T, ctx context.Context) []corev1.Pod {
 	t.Helper()
 	var pods []corev1.Pod
 	eventually(t, 2*time.Minute, "3 Ready CoreDNS pods", func() error {
-		list, err := cl.Client.CoreV1().Pods(dnsNS).List(ctx, metav1.ListOptions{LabelSelector: dnsSelector})
-		if err != nil {
-			return err
-		}
-		pods = pods[:0]
-		for _, p := range list.Items {
-			if p.DeletionTimestamp == nil && isReady(&p) {
-				pods = append(pods, p)
-			}
-		}
-		if len(pods) != 3 || len(list.Items) != 3 {
-			return fmt.Errorf("%d Ready of %d pods", len(pods), len(list.Items))
-		}
-		return nil
+		var err error
+		pods, err = listReadyDNSPods(ctx)
+		return err
 	})
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
 	return pods
 }
 
@@ -124,6 +132,7 @@ func kubernetesClusterIP(t *testing.T, ctx context.Context) string {
 }
 
 func TestCoreDNSPodsServe(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	clusterIP := kubernetesClusterIP(t, ctx)
 	for _, p := range readyDNSPods(t, ctx) {
@@ -157,6 +166,7 @@ func TestCoreDNSPodsServe(t *testing.T) {
 }
 
 func TestHeadlessServiceResolvesToPods(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	ns := "e2e-headless"
 	if err := cl.CreateNamespace(ctx, ns); err != nil {
@@ -240,6 +250,7 @@ func evict(ctx context.Context, p corev1.Pod) error {
 }
 
 func TestEvictionRespectsPDBAndReplaces(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	pods := readyDNSPods(t, ctx)
 	victim, other := pods[0], pods[1]
@@ -332,6 +343,7 @@ func readyInSlice(ctx context.Context, ip string) (bool, error) {
 }
 
 func TestReadinessGateDrainsPod(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	p := readyDNSPods(t, ctx)[2]
 	eventually(t, 30*time.Second, p.Name+" ready in the kube-dns EndpointSlice", func() error {
@@ -382,6 +394,7 @@ func setCorefile(ctx context.Context, corefile string) error {
 
 // A ConfigMap change reaches every pod's volume, as with a kubelet, and CoreDNS's reload applies it.
 func TestConfigMapUpdateReachesPods(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	cm, err := cl.Client.CoreV1().ConfigMaps(dnsNS).Get(ctx, "coredns", metav1.GetOptions{})
 	if err != nil {

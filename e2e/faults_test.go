@@ -49,6 +49,7 @@ func mustNotAnswer(t *testing.T, proto, server string, timeout time.Duration, fa
 
 // The fault helpers issue 6's tests inject with, each proven to take effect and to be undone.
 func TestFaultHelpers(t *testing.T) {
+	steady(t)
 	ctx := context.Background()
 	pods := readyDNSPods(t, ctx)
 	p := pods[0]

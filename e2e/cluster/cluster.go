@@ -39,7 +39,8 @@ type Options struct {
 	// (kept when KeepState or when DNSPULSE_E2E_LOGS names a folder to copy them to).
 	LogDir string
 	// Images maps a substring of a container image to the binary that plays it. Default:
-	// "coredns" -> BinDir/coredns, "healer" -> BinDir/healer.
+	// "coredns" -> BinDir/coredns, "healer" -> BinDir/healer, "e2e-shell" -> /bin/sh (test pods
+	// that only need a process: `command: [sh, -c, ...]`).
 	Images map[string]string
 	// NodeName of the single node. Default "dnsp-node".
 	NodeName string
@@ -114,7 +115,7 @@ func (o *Options) defaults() error {
 		}
 	}
 	if o.Images == nil {
-		o.Images = map[string]string{"coredns": filepath.Join(o.BinDir, "coredns"), "healer": filepath.Join(o.BinDir, "healer")}
+		o.Images = map[string]string{"coredns": filepath.Join(o.BinDir, "coredns"), "healer": filepath.Join(o.BinDir, "healer"), "e2e-shell": "/bin/sh"}
 	}
 	if o.NodeName == "" {
 		o.NodeName = "dnsp-node"
@@ -192,7 +193,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	c.Gateway, c.PodCIDR = c.net.gateway, c.net.cidr()
 	logf("pod network %s on bridge %s", c.PodCIDR, c.net.bridge)
 
-	if c.Upstream, err = startUpstream(c.Gateway.String(), opts.UpstreamRecords); err != nil {
+	if c.Upstream, err = startUpstream(c.Gateway.String(), opts.UpstreamRecords, logf); err != nil {
 		return c, fmt.Errorf("upstream DNS: %w", err)
 	}
 

@@ -271,3 +271,21 @@ func (c *Cluster) CutAPIServer(ctx context.Context, ns, name string, on bool) er
 	_, err = c.InPod(ctx, ns, name, ipt, "-w", op, "INPUT", "-p", "tcp", "-s", host, "--sport", port, "-j", "DROP")
 	return err
 }
+
+// PodTerminating says whether the node agent has begun terminating pod ns/name (its containers
+// got SIGTERM): from then on until the pod is deleted from the apiserver.
+func (c *Cluster) PodTerminating(ns, name string) bool {
+	c.Node.mu.Lock()
+	defer c.Node.mu.Unlock()
+	for _, r := range c.Node.pods {
+		if r.ns == ns && r.name == name && r.isTerminating() {
+			return true
+		}
+	}
+	return false
+}
+
+// ReuseAddressNext makes the next pod sandbox get ip (an address of PodCIDR) if it is free then,
+// instead of the next address round-robin: what a test does to prove that a replacement pod given
+// the address of a pod that was deleted moments ago is reachable at once by every neighbour.
+func (c *Cluster) ReuseAddressNext(ip net.IP) error { return c.net.reuseNext(ip) }

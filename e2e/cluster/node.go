@@ -36,10 +36,11 @@ type Node struct {
 	done    map[types.UID]bool // finished runners: late events for them must not start a pod again
 	slot    int
 	stopped bool
+	failed  map[string]int // failed API attempts per Call* name
 }
 
 func newNode(c *Cluster) *Node {
-	return &Node{Name: c.opts.NodeName, c: c, pods: map[types.UID]*podRunner{}, done: map[types.UID]bool{}}
+	return &Node{Name: c.opts.NodeName, c: c, pods: map[types.UID]*podRunner{}, done: map[types.UID]bool{}, failed: map[string]int{}}
 }
 
 func (n *Node) start(ctx context.Context) error {
@@ -106,37 +107,88 @@ func setNodeConditions(node *corev1.Node, now time.Time) {
 	}
 }
 
-// heartbeat renews the node Lease every 10s (what the node lifecycle controller watches) and the
-// Ready condition every minute, as a kubelet does.
+// Node heartbeats as a kubelet sends them: the Lease renewed every leaseRenewInterval (what the
+// node lifecycle controller watches), the Ready condition posted when it is not what the node
+// reports (the controller sets it Unknown after an apiserver outage longer than its grace period)
+// or older than nodeStatusMaxAge. A failed call is retried with backoff rather than at the next tick.
+const (
+	leaseRenewInterval = 10 * time.Second
+	leaseDuration      = 40
+	nodeStatusMaxAge   = time.Minute
+)
+
 func (n *Node) heartbeat() {
 	defer n.wg.Done()
-	leases := n.c.Client.CoordinationV1().Leases("kube-node-lease")
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		now := metav1.NewMicroTime(time.Now())
-		l, err := leases.Get(n.ctx, n.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			_, _ = leases.Create(n.ctx, &coordinationv1.Lease{
-				ObjectMeta: metav1.ObjectMeta{Name: n.Name, Namespace: "kube-node-lease"},
-				Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(n.Name), LeaseDurationSeconds: ptr.To[int32](40), RenewTime: &now},
-			}, metav1.CreateOptions{})
-		} else if err == nil {
-			l.Spec.RenewTime = &now
-			_, _ = leases.Update(n.ctx, l, metav1.UpdateOptions{})
+	lease := n.retrier(CallNodeLease, "kube-node-lease/"+n.Name)
+	status := n.retrier(CallNodeStatus, n.Name)
+	for {
+		lease.result(n.renewLease())
+		status.result(n.syncNodeStatus())
+		wait := leaseRenewInterval
+		if lease.failing() {
+			wait = lease.delay()
 		}
-		if i%6 == 5 {
-			if node, err := n.c.Client.CoreV1().Nodes().Get(n.ctx, n.Name, metav1.GetOptions{}); err == nil {
-				setNodeConditions(node, time.Now())
-				_, _ = n.c.Client.CoreV1().Nodes().UpdateStatus(n.ctx, node, metav1.UpdateOptions{})
-			}
+		if status.failing() {
+			wait = min(wait, status.delay())
 		}
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 	}
+}
+
+func (n *Node) renewLease() error {
+	ctx, cancel := context.WithTimeout(n.ctx, apiCallTimeout)
+	defer cancel()
+	leases := n.c.Client.CoordinationV1().Leases("kube-node-lease")
+	now := metav1.NewMicroTime(time.Now())
+	l, err := leases.Get(ctx, n.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Namespace: "kube-node-lease"},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(n.Name), LeaseDurationSeconds: ptr.To[int32](leaseDuration), RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+func (n *Node) syncNodeStatus() error {
+	ctx, cancel := context.WithTimeout(n.ctx, apiCallTimeout)
+	defer cancel()
+	node, err := n.c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && time.Since(c.LastHeartbeatTime.Time) < nodeStatusMaxAge {
+			return nil
+		}
+	}
+	setNodeConditions(node, time.Now())
+	_, err = n.c.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	return err
+}
+
+func (n *Node) countFailure(call string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.failed[call]++
+}
+
+// APIFailures is how many attempts of call (CallPodStatus, CallPodDelete, CallNodeLease,
+// CallNodeStatus) have failed so far; each was retried until it succeeded.
+func (n *Node) APIFailures(call string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.failed[call]
 }
 
 // observe hands a pod event to its runner, creating one for a new pod.

@@ -81,19 +81,28 @@ func (r *podRunner) logf(format string, args ...any) {
 	r.n.c.opts.Logf("pod %s/%s: "+format, append([]any{r.ns, r.name}, args...)...)
 }
 
+// resyncPeriod is how often a pod's loop runs without an event, like the kubelet's pod worker resync.
+const resyncPeriod = 2 * time.Second
+
 // run is the pod's life: set up the sandbox, start containers, keep status current on every
-// change, and on deletion terminate gracefully and finalize the delete.
+// change, and on deletion terminate gracefully and finalize the delete. A status update that
+// failed (the apiserver away) is retried with backoff, not only at the next resync.
 func (r *podRunner) run() {
 	ctx := r.n.ctx
 	defer r.teardown()
+	status := r.n.retrier(CallPodStatus, r.ns+"/"+r.name)
 	var setupErr error
 	for {
+		wait := resyncPeriod
+		if status.failing() {
+			wait = min(wait, status.delay())
+		}
 		select {
 		case <-r.killC:
 			r.terminate(2 * time.Second)
 			return
 		case <-r.pokeC:
-		case <-time.After(2 * time.Second): // periodic resync, like the kubelet's
+		case <-time.After(wait):
 		}
 		pod := r.n.current(r.ns, r.name, r.uid)
 		if pod == nil { // deleted with grace 0 by someone else: kill at once
@@ -111,18 +120,14 @@ func (r *podRunner) run() {
 			r.logf("terminating (grace %s)", grace)
 			r.terminate(grace)
 			r.teardown()
-			err := r.n.c.Client.CoreV1().Pods(r.ns).Delete(ctx, r.name, metav1.DeleteOptions{
-				GracePeriodSeconds: ptr.To[int64](0), Preconditions: &metav1.Preconditions{UID: &r.uid},
-			})
-			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-				r.logf("finalize delete: %v", err)
-			}
+			r.logf("terminated; deleting the pod")
+			r.finalizeDelete(ctx)
 			return
 		}
 		if r.net == nil || setupErr != nil {
 			if setupErr = r.setup(ctx, pod); setupErr != nil {
 				r.logf("sandbox setup failed (retrying): %v", setupErr)
-				r.reportStatus(ctx, pod, setupErr)
+				status.result(r.reportStatus(ctx, setupErr))
 				continue
 			}
 			r.startContainers(pod)
@@ -132,8 +137,22 @@ func (r *podRunner) run() {
 			r.lastCMSync = time.Now()
 			r.syncConfigMaps(ctx, pod)
 		}
-		r.reportStatus(ctx, pod, nil)
+		status.result(r.reportStatus(ctx, nil))
 	}
+}
+
+// finalizeDelete removes the terminated pod from the apiserver (grace 0, UID precondition), as the
+// kubelet's status manager does once the containers are gone, and retries until that is done:
+// a DELETE lost while the apiserver restarts would leave the pod Terminating for ever. NotFound
+// (someone deleted it) and Conflict (the name now belongs to another pod) end it too. Only the
+// node agent's own stop ends it earlier.
+func (r *podRunner) finalizeDelete(ctx context.Context) {
+	rt := r.n.retrier(CallPodDelete, r.ns+"/"+r.name)
+	_ = rt.until(ctx, r.killC, func(ctx context.Context) error {
+		return r.n.c.Client.CoreV1().Pods(r.ns).Delete(ctx, r.name, metav1.DeleteOptions{
+			GracePeriodSeconds: ptr.To[int64](0), Preconditions: &metav1.Preconditions{UID: &r.uid},
+		})
+	}, func(err error) bool { return apierrors.IsNotFound(err) || apierrors.IsConflict(err) })
 }
 
 func (r *podRunner) setup(ctx context.Context, pod *corev1.Pod) error {
@@ -183,7 +202,10 @@ func (r *podRunner) writeResolvConf(ctx context.Context, pod *corev1.Pod) error 
 		fmt.Fprintf(&b, "nameserver %s\n", r.n.c.Gateway)
 	case corev1.DNSNone:
 	default:
-		ips := r.n.c.readyDNSPodIPs(ctx)
+		ips, err := r.n.c.readyDNSPodIPs(ctx)
+		if err != nil {
+			return fmt.Errorf("resolv.conf: the kube-dns pods: %w", err)
+		}
 		if len(ips) == 0 {
 			ips = []string{r.n.c.DNSServiceIP}
 		}
@@ -246,8 +268,14 @@ func (r *podRunner) teardown() {
 		dl.close()
 	}
 	if pn != nil {
+		began := time.Now()
 		if err := pn.remove(context.Background()); err != nil {
 			r.logf("teardown: %v", err)
+		}
+		// The kernel destroys a netns asynchronously under the rtnl lock, and removing the veth may
+		// wait for it on a loaded machine. Said, since the pod's DELETE waits for the removal.
+		if d := time.Since(began); d > 5*time.Second {
+			r.logf("sandbox removal took %s", d.Round(time.Millisecond))
 		}
 		r.n.c.net.release(pn.ip)
 	}
@@ -255,8 +283,11 @@ func (r *podRunner) teardown() {
 }
 
 // reportStatus writes the pod status the kubelet would: phase, IPs, container statuses, and the
-// conditions, with Ready = containers ready AND every readiness gate True.
-func (r *podRunner) reportStatus(ctx context.Context, seen *corev1.Pod, setupErr error) {
+// conditions, with Ready = containers ready AND every readiness gate True. The error is nil when
+// the status is written, unchanged, or no longer ours to write (the pod gone or terminating).
+func (r *podRunner) reportStatus(ctx context.Context, setupErr error) error {
+	ctx, cancel := context.WithTimeout(ctx, apiCallTimeout)
+	defer cancel()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		pod, err := r.n.c.Client.CoreV1().Pods(r.ns).Get(ctx, r.name, metav1.GetOptions{})
 		if err != nil {
@@ -273,9 +304,10 @@ func (r *podRunner) reportStatus(ctx context.Context, seen *corev1.Pod, setupErr
 		_, err = r.n.c.Client.CoreV1().Pods(r.ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 		return err
 	})
-	if err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil {
-		r.logf("status update: %v", err)
+	if apierrors.IsNotFound(err) || r.n.ctx.Err() != nil {
+		return nil
 	}
+	return err
 }
 
 // comparable strips timestamps so an unchanged status does not cause a write every resync.
@@ -416,10 +448,10 @@ func setCondition(st *corev1.PodStatus, t corev1.PodConditionType, ok bool, reas
 }
 
 // readyDNSPodIPs are the ready endpoints of kube-system/kube-dns, for ClusterFirst pods.
-func (c *Cluster) readyDNSPodIPs(ctx context.Context) []string {
+func (c *Cluster) readyDNSPodIPs(ctx context.Context) ([]string, error) {
 	pods, err := c.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	var ips []string
 	for _, p := range pods.Items {
@@ -428,7 +460,7 @@ func (c *Cluster) readyDNSPodIPs(ctx context.Context) []string {
 		}
 	}
 	sort.Strings(ips)
-	return ips
+	return ips, nil
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -80,6 +81,26 @@ func TestExpandVars(t *testing.T) {
 	} {
 		if got := expandVars(in, vars); got != want {
 			t.Errorf("expandVars(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A status the node agent wrote is a fixed point: computing it again from the written pod changes
+// nothing that would be written again (a second write races every reader that preconditions on
+// the pod's resourceVersion, such as the Eviction API for an unready pod).
+func TestStatusIsStable(t *testing.T) {
+	const gate = corev1.PodConditionType("dnspulse.io/serving")
+	for _, gateStatus := range []corev1.ConditionStatus{corev1.ConditionTrue, corev1.ConditionFalse} {
+		for _, ready := range []bool{true, false} {
+			r := fakeRunner([]string{string(gate)}, ready)
+			pod := &corev1.Pod{Spec: corev1.PodSpec{ReadinessGates: []corev1.PodReadinessGate{{ConditionType: gate}}}}
+			pod.Status.Conditions = []corev1.PodCondition{{Type: gate, Status: gateStatus, Reason: "ByTheHealer"}}
+			first := r.computeStatus(pod, nil)
+			pod.Status = *first
+			second := r.computeStatus(pod, nil)
+			if !reflect.DeepEqual(comparable(first), comparable(second)) {
+				t.Errorf("gate %s, container ready %v: a second computation differs:\n%+v\n%+v", gateStatus, ready, comparable(first), comparable(second))
+			}
 		}
 	}
 }

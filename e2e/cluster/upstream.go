@@ -1,10 +1,13 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -31,28 +34,49 @@ type Upstream struct {
 	servers []*dns.Server
 }
 
-func startUpstream(ip string, records map[string]string) (*Upstream, error) {
+// upstreamBindWait is how long startUpstream waits for port 53 of the bridge address to be free:
+// on a machine shared with other tests, a DNS server listening on the wildcard address (a CoreDNS
+// integration test on .:53) holds that port for a moment, and every address's port 53 with it.
+const upstreamBindWait = time.Minute
+
+func startUpstream(ip string, records map[string]string, logf func(string, ...any)) (*Upstream, error) {
 	u := &Upstream{Addr: net.JoinHostPort(ip, "53"), records: map[string]net.IP{}}
 	for name, addr := range records {
 		if err := u.SetRecord(name, addr); err != nil {
 			return nil, err
 		}
 	}
+	deadline := time.Now().Add(upstreamBindWait)
 	for _, proto := range []string{"udp", "tcp"} {
-		started := make(chan error, 1)
-		s := &dns.Server{Addr: u.Addr, Net: proto, Handler: u, NotifyStartedFunc: func() { started <- nil }}
-		go func() {
-			if err := s.ListenAndServe(); err != nil {
-				started <- err
+		for attempt := 1; ; attempt++ {
+			s, err := u.serve(proto)
+			if err == nil {
+				u.servers = append(u.servers, s)
+				break
 			}
-		}()
-		if err := <-started; err != nil {
-			u.stop()
-			return nil, fmt.Errorf("listen %s/%s: %w", u.Addr, proto, err)
+			if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+				u.stop()
+				return nil, fmt.Errorf("listen %s/%s: %w", u.Addr, proto, err)
+			}
+			if attempt == 1 {
+				logf("upstream DNS: %s/%s in use by another process (a DNS server on the wildcard address?); retrying for up to %s", u.Addr, proto, upstreamBindWait)
+			}
+			time.Sleep(500 * time.Millisecond) // another process's socket: no event to wait for
 		}
-		u.servers = append(u.servers, s)
 	}
 	return u, nil
+}
+
+// serve starts one server and returns once it listens, or with the error that stopped it.
+func (u *Upstream) serve(proto string) (*dns.Server, error) {
+	started := make(chan error, 1)
+	s := &dns.Server{Addr: u.Addr, Net: proto, Handler: u, NotifyStartedFunc: func() { started <- nil }}
+	go func() {
+		if err := s.ListenAndServe(); err != nil {
+			started <- err
+		}
+	}()
+	return s, <-started
 }
 
 // SetRecord makes the upstream answer name with an A record.
@@ -72,6 +96,13 @@ func (u *Upstream) SetMode(m UpstreamMode) {
 	u.mu.Lock()
 	u.mode = m
 	u.mu.Unlock()
+}
+
+// Mode is how the upstream behaves now.
+func (u *Upstream) Mode() UpstreamMode {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.mode
 }
 
 func (u *Upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {

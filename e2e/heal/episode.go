@@ -171,8 +171,10 @@ func Query(proto, server, name string, timeout time.Duration) error {
 }
 
 // WaitSteady waits until want CoreDNS replicas are Ready, in the EndpointSlice, answer, none is
-// still terminating, and no healer's last word on any of them is degraded or global (suspect is a
-// healthy replica on a loaded machine: a latency blip).
+// still terminating, no healer's last word on any of them is degraded or global (suspect is a
+// healthy replica on a loaded machine: a latency blip), and the cluster is steady
+// (cluster.Steady: the apiserver up, no fault in place, no pod Terminating, the CoreDNS and healer
+// Deployments complete). Every test and every benchmark round starts from it.
 func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, timeout time.Duration) ([]PodRecord, error) {
 	var pods []PodRecord
 	var why string
@@ -208,6 +210,12 @@ func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, 
 				why = err.Error()
 				return false
 			}
+		}
+		// The cluster around them: the apiserver up, no harness fault in place, no pod of any
+		// namespace Terminating, the node Ready, both Deployments complete.
+		if err := c.Steady(ctx, DNSNamespace+"/coredns", HealerNamespace+"/"+Release); err != nil {
+			why = err.Error()
+			return false
 		}
 		return true
 	})

@@ -5,6 +5,7 @@ package heal
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,12 +14,21 @@ import (
 	"github.com/dnspulse/dnspulse/e2e/cluster"
 	authv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// begin waits for three healthy replicas and, when the test fails, prints what the healer wrote
-// meanwhile (the cluster's logs are removed with it).
+// steadyTimeout bounds the wait for the steady state before and after a test (a replaced
+// replica past the healer's warm-up, the informers' relist after an apiserver restart).
+const steadyTimeout = 3 * time.Minute
+
+// begin makes the test start from the steady state (WaitSteady: three healthy replicas judged
+// healthy by every healer, no pod Terminating, no fault in place, the apiserver up, the healer
+// Deployment Ready) and leave it: after the test's own cleanups every harness fault is undone and
+// the steady state awaited again, so that a failing test fails itself and not the ones after it.
+// When the test fails it prints what the healer wrote meanwhile (the cluster's logs are removed
+// with it).
 func begin(t *testing.T) (context.Context, []PodRecord) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -35,12 +45,32 @@ func begin(t *testing.T) (context.Context, []PodRecord) {
 						t.Logf("event %s %s %s: %s", p.Name, ev.Type, ev.Reason, ev.Note)
 					}
 				}
+				for _, c := range p.ReadyChanges {
+					if !c.Seen.Before(since) {
+						t.Logf("%s Ready %s at %s", p.Name, c.What, c.Seen.Format("15:04:05.000"))
+					}
+				}
+			}
+			for _, c := range obs.PDBChanges(since) {
+				t.Logf("PDB coredns at %s: %s", c.Seen.Format("15:04:05.000"), c.What)
 			}
 		}
 	})
-	pods, err := WaitSteady(ctx, cl, obs, 3, 3*time.Minute)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if faults := cl.ActiveFaults(ctx); len(faults) > 0 {
+			t.Errorf("the test left faults in place (undoing them): %v", faults)
+		}
+		if err := cl.ClearFaults(ctx); err != nil {
+			t.Errorf("undoing faults: %v", err)
+		}
+		if _, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout); err != nil {
+			t.Errorf("the test left the cluster unsteady: %v", err)
+		}
+	})
+	pods, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("before the test: %v", err)
 	}
 	return ctx, pods
 }
@@ -159,6 +189,11 @@ func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
 	if len(global.Replicas) != len(pods) {
 		t.Errorf("global names %v, want all %d replicas", global.Replicas, len(pods))
 	}
+	// client-go's events recorder writes an Event and its first repetition (Series.Count 2); later
+	// isomorphic ones only bump a counter it sends on a 30-minute heartbeat. A healer whose series
+	// on these pods is already at 2 (an earlier outage, or a flap of the global verdict) records
+	// this outage invisibly, so only the absence of any Event at all is an error then.
+	var aggregated string
 	err = obs.Wait(ctx, 30*time.Second, "an Event GlobalDNSFailure", func() bool {
 		for _, p := range pods {
 			r, _ := obs.Pod(p.Name)
@@ -166,11 +201,16 @@ func globalFailure(t *testing.T, mode cluster.UpstreamMode) {
 				if ev.Reason == "GlobalDNSFailure" && !ev.Seen.Before(t0) {
 					return true
 				}
+				if ev.Reason == "GlobalDNSFailure" && ev.Count >= 2 {
+					aggregated = fmt.Sprintf("%s by %s (series count %d, seen %s)", p.Name, ev.Reporter, ev.Count, ev.Seen.Format("15:04:05.000"))
+				}
 			}
 		}
 		return false
 	})
-	if err != nil {
+	if err != nil && aggregated != "" {
+		t.Logf("no new GlobalDNSFailure Event: the recorder's series for it is past its second occurrence (%s); later occurrences are not written until its heartbeat", aggregated)
+	} else if err != nil {
 		t.Error(err)
 	}
 	// Keep the outage going for several healer cycles (global cooldown 2s, backoff 1s): a healer
@@ -528,7 +568,10 @@ func TestDryRun(t *testing.T) {
 	if _, err := waitLeader(ctx, t0); err != nil {
 		t.Fatal(err)
 	}
-	_, pods := begin(t)
+	pods, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
 	target, _ := pick(pods)
 	t1 := time.Now()
 	if err := cl.Freeze(DNSNamespace, target.Name); err != nil {
@@ -580,5 +623,165 @@ func TestDryRun(t *testing.T) {
 	}
 	if err := cl.Thaw(DNSNamespace, target.Name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// replacementHealthyWithin is how soon after a replacement is Ready every healer must judge it
+// healthy: it answers from its first second, and the healer probes every 50 ms.
+const replacementHealthyWithin = 5 * time.Second
+
+// A replica replaced (by an operator's eviction: no fault at all) is judged healthy by every
+// healer within a few seconds of being Ready and is left alone past the warm-up: no degraded
+// verdict, no drain, no eviction. Twice: with a fresh address, and with the address of a pod
+// deleted moments before, which the healer pods still have a neighbour (ARP) entry for. Issue 13:
+// the harness handed a freed address straight to a replacement whose MAC differed, the healer
+// could not reach it for seconds, judged it degraded and evicted it once its warm-up had passed.
+func TestReplacementHealthy(t *testing.T) {
+	ctx, pods := begin(t)
+	first, peers := pick(pods)
+	firstMAC := podMAC(ctx, first.Name)
+	t.Logf("evicting %s (%s, MAC %s): its replacement gets a fresh address", first.Name, first.IP, firstMAC)
+	repl := replaceAndJudge(ctx, t, first, peers, "")
+	if t.Failed() {
+		return
+	}
+	if repl.IP == first.IP {
+		t.Errorf("the replacement %s got the address %s of the pod it replaced: addresses must not be reused at once", repl.Name, repl.IP)
+	}
+
+	// The first victim is gone; its address is free and the healers talked to it until it died.
+	pods, err := WaitSteady(ctx, cl, obs, 3, steadyTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var second PodRecord
+	peers = nil
+	for _, p := range pods {
+		if p.Name != repl.Name && second.Name == "" {
+			second = p
+		} else {
+			peers = append(peers, p)
+		}
+	}
+	if err := cl.ReuseAddressNext(net.ParseIP(first.IP)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("evicting %s (%s): its replacement gets %s, the address of %s", second.Name, second.IP, first.IP, first.Name)
+	repl = replaceAndJudge(ctx, t, second, peers, first.IP)
+	if repl.Name != "" && repl.IP != first.IP {
+		t.Errorf("the replacement %s got %s, not the reused address %s: the reuse case was not exercised", repl.Name, repl.IP, first.IP)
+	}
+	// The harness derives a pod's MAC from its address: a neighbour's cached entry stays right.
+	if mac := podMAC(ctx, repl.Name); repl.Name != "" && mac != firstMAC {
+		t.Errorf("the replacement %s at the reused address %s has MAC %s, %s had %s: a neighbour's cached entry names a MAC no pod has", repl.Name, first.IP, mac, first.Name, firstMAC)
+	}
+}
+
+// replaceAndJudge evicts victim and asserts that its replacement is judged healthy by every healer
+// within replacementHealthyWithin of being Ready and is then left alone until its warm-up has
+// passed. wantIP, when set, is the address the replacement is meant to get: each healer's
+// neighbour entry for it is logged.
+func replaceAndJudge(ctx context.Context, t *testing.T, victim PodRecord, peers []PodRecord, wantIP string) PodRecord {
+	t.Helper()
+	t0 := time.Now()
+	if err := cl.Client.PolicyV1().Evictions(DNSNamespace).Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: victim.Name, Namespace: DNSNamespace}}); err != nil {
+		t.Fatalf("evicting %s: %v", victim.Name, err)
+	}
+	known := map[string]bool{victim.Name: true}
+	for _, p := range peers {
+		known[p.Name] = true
+	}
+	var repl PodRecord
+	if err := obs.Wait(ctx, 2*time.Minute, "a Ready replacement of "+victim.Name, func() bool {
+		for _, p := range obs.ReadyPods() {
+			if !known[p.Name] && p.Owner == victim.Owner {
+				repl = p
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+%.3fs replacement %s (%s) Ready", repl.Ready.Sub(t0).Seconds(), repl.Name, repl.IP)
+	if wantIP != "" {
+		logNeighbours(ctx, t, wantIP)
+	}
+
+	healers, err := cl.Client.CoreV1().Pods(HealerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + Release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var why string
+	err = obs.Wait(ctx, time.Until(repl.Ready.Add(replacementHealthyWithin)), "every healer to judge "+repl.Name+" healthy", func() bool {
+		states := LastStates(cl, repl.Name)
+		for _, h := range healers.Items {
+			st, ok := states[h.Name]
+			if !ok || st.To != "healthy" {
+				why = fmt.Sprintf("healer %s: last state %q", h.Name, st.Raw)
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Errorf("%v: %s", err, why)
+	}
+	for _, l := range AuditSince(cl, t0) {
+		if l.Event == "state" && l.Replica == repl.Name {
+			t.Logf("+%.3fs (Ready %+.3fs) %s", l.Time.Sub(t0).Seconds(), l.Time.Sub(repl.Ready).Seconds(), l)
+		}
+	}
+
+	// Left alone past the warm-up, when a stale verdict would turn into an eviction.
+	end := repl.Ready.Add(WarmUp + 5*time.Second)
+	_ = obs.Wait(ctx, time.Until(end)+time.Second, "the end of the warm-up of "+repl.Name, func() bool {
+		r, _ := obs.Pod(repl.Name)
+		return !r.Terminated.IsZero() || !r.GateFalse.IsZero() || time.Now().After(end)
+	})
+	r, _ := obs.Pod(repl.Name)
+	if !r.Terminated.IsZero() || !r.Gone.IsZero() {
+		t.Errorf("the healthy replacement %s was terminated %.3fs after it was Ready", repl.Name, r.Terminated.Sub(repl.Ready).Seconds())
+	}
+	if !r.GateFalse.IsZero() {
+		t.Errorf("the healthy replacement %s was drained (dnspulse.io/serving=False) %.3fs after it was Ready", repl.Name, r.GateFalse.Sub(repl.Ready).Seconds())
+	}
+	for _, l := range AuditSince(cl, t0) {
+		if l.Replica != repl.Name {
+			continue
+		}
+		if (l.Event == "state" && (l.To == "degraded" || l.To == "global")) || l.Event == "remediation" {
+			t.Errorf("about the healthy replacement: %s", l)
+		}
+	}
+	untouched(t, peers, t0)
+	return repl
+}
+
+// podMAC is the MAC of the CoreDNS pod's eth0, or why it is unknown.
+func podMAC(ctx context.Context, pod string) string {
+	out, err := cl.InPod(ctx, DNSNamespace, pod, "cat", "/sys/class/net/eth0/address")
+	if err != nil {
+		return err.Error()
+	}
+	return strings.TrimSpace(out)
+}
+
+// logNeighbours logs each healer pod's neighbour (ARP) entry for ip (the evidence to read when the
+// healer could not reach a replacement that the host could).
+func logNeighbours(ctx context.Context, t *testing.T, ip string) {
+	t.Helper()
+	healers, err := cl.Client.CoreV1().Pods(HealerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + Release})
+	if err != nil {
+		t.Logf("healer pods: %v", err)
+		return
+	}
+	for _, h := range healers.Items {
+		out, err := cl.InPod(ctx, HealerNamespace, h.Name, "ip", "neigh", "show", ip)
+		if err != nil {
+			t.Logf("neighbour entry of %s for %s: %v", h.Name, ip, err)
+			continue
+		}
+		t.Logf("neighbour entry of %s for %s: %s", h.Name, ip, strings.TrimSpace(out))
 	}
 }

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -39,7 +40,16 @@ type PodRecord struct {
 	Terminated time.Time // first deletionTimestamp
 	Gone       time.Time // deleted from the API
 	Events     []Event
-	podReady   bool
+	// ReadyChanges are the Ready condition's transitions after the first sighting, for the report
+	// of a failed test ("+" became Ready, "-" not Ready).
+	ReadyChanges []Transition
+	podReady     bool
+}
+
+// Transition is a change the Observer saw, with its local time.
+type Transition struct {
+	Seen time.Time
+	What string
 }
 
 // Event is a Kubernetes Event on a pod, with the local time the Observer received it.
@@ -58,6 +68,7 @@ type Event struct {
 // is False only for the moment between drain and eviction).
 type Observer struct {
 	mu      sync.Mutex
+	pdb     []Transition // the coredns PodDisruptionBudget's status, each change
 	pods    map[types.UID]*PodRecord
 	byName  map[string]*PodRecord
 	inSlice map[types.UID]bool // ready in the kube-dns EndpointSlice now
@@ -73,6 +84,7 @@ func Observe(ctx context.Context, c *cluster.Cluster) (*Observer, error) {
 	pods := f.Core().V1().Pods().Informer()
 	slices := f.Discovery().V1().EndpointSlices().Informer()
 	events := f.Events().V1().Events().Informer()
+	pdbs := f.Policy().V1().PodDisruptionBudgets().Informer()
 	handler := func(fn func(obj any, deleted bool)) cache.ResourceEventHandler {
 		return cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { fn(obj, false) },
@@ -88,7 +100,7 @@ func Observe(ctx context.Context, c *cluster.Cluster) (*Observer, error) {
 	for _, reg := range []struct {
 		inf cache.SharedIndexInformer
 		fn  func(any, bool)
-	}{{pods, o.onPod}, {slices, o.onSlice}, {events, o.onEvent}} {
+	}{{pods, o.onPod}, {slices, o.onSlice}, {events, o.onEvent}, {pdbs, o.onPDB}} {
 		if _, err := reg.inf.AddEventHandler(handler(reg.fn)); err != nil {
 			cancel()
 			return nil, err
@@ -144,6 +156,7 @@ func (o *Observer) onPod(obj any, deleted bool) {
 	if p.Status.PodIP != "" {
 		r.IP = p.Status.PodIP
 	}
+	wasReady := r.podReady
 	r.podReady = false
 	for _, cond := range p.Status.Conditions {
 		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
@@ -163,7 +176,44 @@ func (o *Observer) onPod(obj any, deleted bool) {
 		r.Gone = now
 		r.podReady = false
 	}
+	if r.podReady != wasReady && !r.Ready.IsZero() {
+		what := "-"
+		if r.podReady {
+			what = "+"
+		}
+		r.ReadyChanges = append(r.ReadyChanges, Transition{Seen: now, What: what})
+	}
 	o.notify()
+}
+
+func (o *Observer) onPDB(obj any, deleted bool) {
+	b, ok := obj.(*policyv1.PodDisruptionBudget)
+	if !ok || deleted || b.Name != "coredns" {
+		return
+	}
+	st := b.Status
+	what := fmt.Sprintf("generation %d observed %d, healthy %d of %d expected (desired %d), disruptions allowed %d, disrupted pods %d",
+		b.Generation, st.ObservedGeneration, st.CurrentHealthy, st.ExpectedPods, st.DesiredHealthy, st.DisruptionsAllowed, len(st.DisruptedPods))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if n := len(o.pdb); n > 0 && o.pdb[n-1].What == what {
+		return
+	}
+	o.pdb = append(o.pdb, Transition{Seen: time.Now(), What: what})
+	o.notify()
+}
+
+// PDBChanges are the coredns PodDisruptionBudget's status changes seen since since.
+func (o *Observer) PDBChanges(since time.Time) []Transition {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []Transition
+	for _, t := range o.pdb {
+		if !t.Seen.Before(since) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func (o *Observer) onSlice(obj any, deleted bool) {
@@ -225,6 +275,13 @@ func (o *Observer) onEvent(obj any, deleted bool) {
 	o.notify()
 }
 
+func (r *PodRecord) copy() PodRecord {
+	cp := *r
+	cp.Events = append([]Event(nil), r.Events...)
+	cp.ReadyChanges = append([]Transition(nil), r.ReadyChanges...)
+	return cp
+}
+
 // Pod returns a copy of the record of the pod named name.
 func (o *Observer) Pod(name string) (PodRecord, bool) {
 	o.mu.Lock()
@@ -233,9 +290,7 @@ func (o *Observer) Pod(name string) (PodRecord, bool) {
 	if r == nil {
 		return PodRecord{}, false
 	}
-	cp := *r
-	cp.Events = append([]Event(nil), r.Events...)
-	return cp, true
+	return r.copy(), true
 }
 
 // ReadyPods are the CoreDNS pods that are Ready, not terminating, and ready in the EndpointSlice,
@@ -246,9 +301,7 @@ func (o *Observer) ReadyPods() []PodRecord {
 	var out []PodRecord
 	for _, r := range o.pods {
 		if r.podReady && r.Terminated.IsZero() && r.Gone.IsZero() && o.inSlice[r.UID] && r.IP != "" {
-			cp := *r
-			cp.Events = append([]Event(nil), r.Events...)
-			out = append(out, cp)
+			out = append(out, r.copy())
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -261,9 +314,7 @@ func (o *Observer) All() []PodRecord {
 	defer o.mu.Unlock()
 	var out []PodRecord
 	for _, r := range o.byName {
-		cp := *r
-		cp.Events = append([]Event(nil), r.Events...)
-		out = append(out, cp)
+		out = append(out, r.copy())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].FirstSeen.Before(out[j].FirstSeen) })
 	return out
