@@ -103,7 +103,7 @@ type Episode struct {
 	Drained     time.Time // out of the kube-dns EndpointSlice's ready endpoints
 	Evicted     time.Time // deletionTimestamp observed
 	EvictedEv   time.Time // Event Evicted on the pod
-	Remediation AuditLine // the remediation line with result success
+	Remediation AuditLine // the eviction's remediation line with result success (the drain has its own)
 	Replacement string
 	ReplReady   time.Time // the replacement Ready and in the EndpointSlice
 	ReplAnswers time.Time // the replacement answered a query on its pod IP
@@ -310,7 +310,7 @@ func Heal(ctx context.Context, c *cluster.Cluster, o *Observer, fault Fault, tar
 		}
 	}
 	if l, ok := FindAudit(c, e.Injected, func(l AuditLine) bool {
-		return l.Event == "remediation" && l.Replica == target.Name && l.Result == "success"
+		return l.Event == "remediation" && l.Replica == target.Name && l.Result == "success" && (l.Action == "evict" || l.Action == "delete")
 	}); ok {
 		e.Remediation = l
 	}

@@ -1,9 +1,8 @@
 package heal
 
 import (
-	"bufio"
+	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dnspulse/dnspulse/e2e/cluster"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -21,6 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
+	"github.com/dnspulse/dnspulse/healer/audit"
 )
 
 // ConditionServing is the readiness-gate condition the healer owns.
@@ -341,31 +342,19 @@ func (o *Observer) Wait(ctx context.Context, timeout time.Duration, what string,
 	}
 }
 
-// AuditLine is one line of the healer's audit log (every event kind in one struct).
+// AuditLine is one line of the healer's audit log, as the healer's own audit package reads
+// it back, with the healer pod whose log held it.
 type AuditLine struct {
-	Time     time.Time      `json:"-"`
-	RawTime  string         `json:"time"`
-	Event    string         `json:"event"`
-	Replica  string         `json:"replica"`
-	From     string         `json:"from"`
-	To       string         `json:"to"`
-	Reasons  []string       `json:"reasons"`
-	Action   string         `json:"action"`
-	DryRun   bool           `json:"dryRun"`
-	Result   string         `json:"result"`
-	Message  string         `json:"message"`
-	Active   bool           `json:"active"`
-	Replicas []string       `json:"replicas"`
-	Fields   map[string]any `json:"fields"`
+	audit.Line
 	// Pod is the healer pod whose log held the line.
-	Pod string `json:"-"`
-	Raw string `json:"-"`
+	Pod string
 }
 
 func (l AuditLine) String() string { return l.Pod + ": " + l.Raw }
 
 // Audit reads the audit lines of every healer pod so far: the chart sends the audit log to stdout,
-// which the node agent writes to LogDir/pods/<ns>_<pod>_healer.log (appended across restarts).
+// which the node agent writes to LogDir/pods/<ns>_<pod>_healer.log (appended across restarts),
+// between the healer's own log lines (audit.Read skips those).
 func Audit(c *cluster.Cluster) ([]AuditLine, error) {
 	files, err := filepath.Glob(filepath.Join(c.LogDir, "pods", HealerNamespace+"_*_healer.log"))
 	if err != nil {
@@ -374,26 +363,18 @@ func Audit(c *cluster.Cluster) ([]AuditLine, error) {
 	var out []AuditLine
 	for _, f := range files {
 		pod := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), HealerNamespace+"_"), "_healer.log")
-		fh, err := os.Open(f)
+		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, err
 		}
-		sc := bufio.NewScanner(fh)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if !strings.HasPrefix(line, "{") || !strings.Contains(line, `"event"`) {
-				continue
+		// The node agent writes the container's stdout and stderr into one file as it reads
+		// them, so a line can be cut by another (and the last one is being written): such a
+		// line is skipped, the others stand.
+		for _, raw := range bytes.Split(b, []byte("\n")) {
+			if l, err := audit.Parse(raw); err == nil {
+				out = append(out, AuditLine{Line: l, Pod: pod})
 			}
-			var a AuditLine
-			if json.Unmarshal([]byte(line), &a) != nil || a.Event == "" {
-				continue
-			}
-			a.Time, _ = time.Parse(time.RFC3339Nano, a.RawTime)
-			a.Pod, a.Raw = pod, line
-			out = append(out, a)
 		}
-		fh.Close()
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil

@@ -56,6 +56,8 @@ type canary struct {
 	// knownSince is when this healer first learned a value. Older values it never saw (a
 	// previous leader's) may have been replaced just before: they get MaxLag from here.
 	knownSince time.Time
+	// maxTTL is the longest TTL a canary answer had: the record's own TTL.
+	maxTTL time.Duration
 	// apiTrouble: a write or read of the Service failed since the last confirmed value. The
 	// apiserver (or the way to it) was in trouble, and the replicas' watches with it: the
 	// value replaced next gets recoveryGrace on top of MaxLag (R3).
@@ -86,11 +88,14 @@ func (c *canary) Question() string { return c.question }
 
 // Accept says whether a CNAME target seen at 'at' is fresh enough. A cache (CoreDNS's
 // cache plugin in front of kubernetes) may serve the previous value for as long as its TTL
-// says: the lag allowed is MaxLag plus the answer's TTL (R3).
+// allowed, counting the TTL down: an answer whose TTL is below the longest seen has sat in a
+// cache that long, and the lag allowed is MaxLag plus that (R3).
 func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, string) {
 	t := normalizeName(target)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.maxTTL = max(c.maxTTL, ttl)
+	ttl = c.maxTTL - ttl // how long the answer has been cached
 	maxLag := c.cfg.MaxLag.D()
 	switch {
 	case c.current == "":
@@ -109,7 +114,7 @@ func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, s
 		if lag < allowed {
 			return true, ""
 		}
-		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v, answer TTL %v): stale data, the replica's watch on the API is behind",
+		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v, cached for %v): stale data, the replica's watch on the API is behind",
 			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
 	}
 	n, ok := canaryCounter(t)

@@ -94,7 +94,9 @@ func (r *remediator) drain(ctx context.Context, t replica.Target, reasons []stri
 			Message: fmt.Sprintf("pod %s/%s does not declare the readiness gate %s", pod.Namespace, pod.Name, api.ConditionServing)}
 	}
 	if ok, why := r.CanEvict(ctx, t); !ok {
-		return replica.Outcome{Action: api.ActionDrain, Result: api.ResultBlocked, Message: "not drained: " + why, RetryAfter: r.blocked.next(pod.UID, nil)}
+		msg := "not drained, not evicted: " + why
+		r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
+		return replica.Outcome{Action: api.ActionDrain, Result: api.ResultBlocked, Message: msg}
 	}
 	if !r.leader.IsLeader() {
 		return r.notLeader()

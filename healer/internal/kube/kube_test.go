@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,26 +281,47 @@ func TestRemediateBlockedByPDB(t *testing.T) {
 			evictReactor(h, errTooManyRequests(0))
 
 			out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), []string{"probe timeouts"}, false)
-			if out.Result != "blocked" || out.Action != "evict" || out.RetryAfter != blockedBackoffBase {
-				t.Fatalf("first refusal: %+v, want blocked with RetryAfter %v", out, blockedBackoffBase)
-			}
-			out = h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
-			if out.Result != "blocked" || out.RetryAfter != 2*blockedBackoffBase {
-				t.Fatalf("second refusal: %+v, want RetryAfter %v (exponential)", out, 2*blockedBackoffBase)
+			// The server gave no Retry-After: the outcome carries none, and the engine's own
+			// backoff (retry-backoff, doubling) decides when to ask again.
+			if out.Result != "blocked" || out.Action != "evict" || out.RetryAfter != 0 {
+				t.Fatalf("first refusal: %+v, want blocked with no RetryAfter", out)
 			}
 			for _, w := range h.writes() {
 				if strings.HasPrefix(w, "delete") {
 					t.Fatalf("a PDB refusal must never lead to a delete; writes: %v", h.writes())
 				}
 			}
-			if got := h.writes(); len(got) != 2 || got[0] != "create pods/eviction" {
-				t.Errorf("writes = %v, want two evictions", got)
+			// A 429 without Retry-After is the budget's answer: asked once.
+			if got := h.writes(); len(got) != 1 || got[0] != "create pods/eviction" {
+				t.Errorf("writes = %v, want one eviction", got)
 			}
 			ev := strings.Join(h.events(), "\n")
 			if !strings.Contains(ev, "Warning EvictionBlocked") {
 				t.Errorf("no EvictionBlocked event; events: %s", ev)
 			}
 		})
+	}
+}
+
+// The apiserver's transient 429 (the pod changed between its read and its delete; it says
+// Retry-After 10) is asked again at once and the second attempt evicts.
+func TestRemediateRetriesTransient429(t *testing.T) {
+	h := newHarness(t, baseConfig(), pod("a", "10.0.0.1", &rsOwner))
+	h.sync()
+	evictReactor(h, nil)
+	var refused atomic.Int32
+	h.client.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "eviction" || isDryRunEviction(a) || refused.Add(1) > 1 {
+			return false, nil, nil
+		}
+		return true, nil, errTooManyRequests(10)
+	})
+	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
+	if out.Result != "success" || !strings.Contains(out.Message, "attempt 1") {
+		t.Fatalf("outcome %+v, want success after a second attempt", out)
+	}
+	if w := strings.Join(h.writes(), ","); w != "create pods/eviction,create pods/eviction" {
+		t.Fatalf("writes = %s, want two evictions", w)
 	}
 }
 

@@ -156,7 +156,7 @@ func NewWithClient(ctx context.Context, cfg config.Kubernetes, opts Options, cli
 		identity:      opts.Identity,
 		readinessGate: cfg.ReadinessGate, allowDelete: cfg.AllowDelete,
 		gate: gate, notifier: m.notifier, replacements: replacements, baseCtx: ctx, log: log,
-		blocked: newBackoff(), drains: drains,
+		drains: drains,
 	}
 	m.gates = &gateOpener{pods: inf.pods, changed: m.discovery.subscribe(), leader: leader, gate: gate,
 		enabled: cfg.ReadinessGate, drains: drains, clock: opts.Clock, log: log}

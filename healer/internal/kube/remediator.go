@@ -2,11 +2,11 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,11 +21,15 @@ import (
 	"github.com/dnspulse/dnspulse/healer/internal/replica"
 )
 
+// evictAttempts and evictRetryGap: a 429 that carries a Retry-After is the apiserver saying
+// "not now" rather than the budget saying "no": the pod changed between its read and its
+// delete (the kubelet writing its status, the readiness gate just set), or the budget is
+// still being processed. Such a 429 is tried again at once, a few times, before it is
+// reported blocked. A 429 without Retry-After is the budget's answer (it needs N healthy
+// pods and has M) and is reported at the first refusal.
 const (
-	// blockedBackoffBase and blockedBackoffMax bound the wait after a PDB refusal that
-	// carries no Retry-After.
-	blockedBackoffBase = 10 * time.Second
-	blockedBackoffMax  = 5 * time.Minute
+	evictAttempts = 3
+	evictRetryGap = 200 * time.Millisecond
 )
 
 // remediator evicts one pod at a time. The engine applies the mode-independent guards;
@@ -47,7 +51,6 @@ type remediator struct {
 	// baseCtx outlives single remediations: replacement watches run on it.
 	baseCtx context.Context
 	log     *slog.Logger
-	blocked *backoff
 	// drains are the pods this healer drained and still means to evict: the gate opener
 	// leaves them alone, and reopens any other gate left False.
 	drains *drainSet
@@ -88,7 +91,7 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 		if ok, why := r.CanEvict(ctx, t); !ok {
 			msg := "not drained, not evicted: " + why
 			r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
-			return replica.Outcome{Action: api.ActionEvict, Result: api.ResultBlocked, Message: msg, RetryAfter: r.blocked.next(pod.UID, nil)}
+			return replica.Outcome{Action: api.ActionEvict, Result: api.ResultBlocked, Message: msg}
 		}
 		if !r.leader.IsLeader() {
 			return r.notLeader()
@@ -142,17 +145,30 @@ func (r *remediator) notLeader() replica.Outcome {
 func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string) replica.Outcome {
 	ref := pod.Namespace + "/" + pod.Name
 	err := r.evict(ctx, pod, false)
+	attempts := 1
+	for ; attempts < evictAttempts && transient429(err) && ctx.Err() == nil; attempts++ {
+		notes = append(notes, fmt.Sprintf("attempt %d: %s", attempts, statusDetail(err)))
+		timer := time.NewTimer(evictRetryGap)
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+		timer.Stop()
+		if !r.leader.IsLeader() {
+			return r.notLeader()
+		}
+		err = r.evict(ctx, pod, false)
+	}
 	switch {
 	case err == nil:
-		r.blocked.reset(pod.UID)
 		r.replacements.watch(r.baseCtx, pod, owner, existing)
 		msg := joinNotes(append(notes, fmt.Sprintf("evicted pod %s (uid %s) through the Eviction API; watching for a Ready replacement from %s %s", ref, pod.UID, owner.Kind, owner.Name)))
 		r.notifier.event(pod, api.ReasonEvicted, "dnspulse evicted this degraded DNS replica: "+why)
 		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultSuccess, Message: msg}
 
 	case apierrors.IsTooManyRequests(err):
-		wait := r.blocked.next(pod.UID, err)
-		msg := joinNotes(append(notes, fmt.Sprintf("eviction of pod %s refused by a PodDisruptionBudget (429): %v; retry in %v", ref, err, wait)))
+		wait := retryAfter(err)
+		msg := joinNotes(append(notes, fmt.Sprintf("eviction of pod %s refused (429, attempt %d): %s; the server asks for %v", ref, attempts, statusDetail(err), wait)))
 		r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
 		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultBlocked, Message: msg, RetryAfter: wait}
 
@@ -276,36 +292,35 @@ func (r *remediator) evictionUnavailable(ctx context.Context, pod *corev1.Pod, n
 	return replica.Outcome{Action: api.ActionDelete, Result: api.ResultSuccess, Message: msg}
 }
 
-// backoff is the wait after a PDB refusal: the server's suggestion when it gives one,
-// else exponential per pod.
-type backoff struct {
-	mu      sync.Mutex
-	refused map[types.UID]int // consecutive PDB refusals per pod
-}
-
-func newBackoff() *backoff { return &backoff{refused: map[types.UID]int{}} }
-
-// next is the wait after a refusal: the server's Retry-After when it gives one, else
-// exponential per pod. The engine takes the longer of this and --retry-backoff.
-func (b *backoff) next(uid types.UID, err error) time.Duration {
-	b.mu.Lock()
-	n := b.refused[uid]
-	b.refused[uid] = n + 1
-	b.mu.Unlock()
+// retryAfter is the wait the server asks for with a refusal (Retry-After), 0 when none:
+// the engine waits the longer of it and --retry-backoff.
+func retryAfter(err error) time.Duration {
 	if s, ok := apierrors.SuggestsClientDelay(err); ok && s > 0 {
 		return time.Duration(s) * time.Second
 	}
-	d := blockedBackoffBase
-	for i := 0; i < n && d < blockedBackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, blockedBackoffMax)
+	return 0
 }
 
-func (b *backoff) reset(uid types.UID) {
-	b.mu.Lock()
-	delete(b.refused, uid)
-	b.mu.Unlock()
+// transient429 is a 429 the server asks to be retried (see evictAttempts).
+func transient429(err error) bool {
+	return apierrors.IsTooManyRequests(err) && retryAfter(err) > 0
+}
+
+// statusDetail is an API error with the causes the server gave (which PodDisruptionBudget,
+// why), which err.Error() leaves out.
+func statusDetail(err error) string {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return err.Error()
+	}
+	s := st.Status()
+	out := s.Message
+	if s.Details != nil {
+		for _, c := range s.Details.Causes {
+			out += fmt.Sprintf(" [%s: %s]", c.Type, c.Message)
+		}
+	}
+	return out
 }
 
 func joinNotes(notes []string) string { return strings.Join(notes, "; ") }

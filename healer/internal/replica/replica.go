@@ -104,7 +104,7 @@ type FreshnessSource interface {
 	Question() string
 	// Accept says whether a CNAME target seen at time 'at', with the given TTL left, is
 	// fresh enough: it is the current value, or a previous value replaced less than MaxLag
-	// (plus what a cache may hold it: its TTL) before 'at'.
+	// before 'at', plus how long a cache held the answer (a cache counts the TTL down).
 	Accept(target string, at time.Time, ttl time.Duration) (ok bool, why string)
 }
 
