@@ -74,7 +74,7 @@ section=$(mktemp)
 	echo "Produced by \`$cmd\` at commit $(git rev-parse --short HEAD) on $(date -u +%Y-%m-%dT%H:%MZ);"
 	echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo "Three custom CoreDNS processes on 127.0.0.x with the pulse line at its defaults (\`pulse ADDR\`: tick"
-	echo "100ms, self-probe answered by pulse), each forwarding to its own in-test upstream where the fault is"
+	echo "50ms, self-probe answered by pulse), each forwarding to its own in-test upstream where the fault is"
 	echo "switched on; the healer in static mode with its default flags but --dry-run (probes and heartbeat reads"
 	echo "every 20 ms), faults injected once the replicas are past --warm-up. Latency = audit line time - injection"
 	echo "time. CPU hog beside: $HOG busy loops."

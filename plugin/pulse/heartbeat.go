@@ -24,7 +24,7 @@ type config struct {
 	tick           time.Duration
 	probeName      string // empty: the synthetic default under the block's zone
 	probeType      uint16
-	probeTimeout   time.Duration // 0: the tick, at most 1s
+	probeTimeout   time.Duration // 0: the tick, at least 100ms and at most 1s
 	replica        string
 	servfailRatio  float64
 	p99            time.Duration
@@ -41,7 +41,7 @@ const maxWatchersLimit = 1024
 func defaultConfig() config {
 	return config{
 		addr:          ":9155",
-		tick:          100 * time.Millisecond,
+		tick:          50 * time.Millisecond,
 		probeType:     dns.TypeA,
 		servfailRatio: 0.25,
 		p99:           500 * time.Millisecond,
@@ -51,11 +51,16 @@ func defaultConfig() config {
 	}
 }
 
+// minDefaultProbeTimeout keeps the default self-probe timeout above what a loaded node's
+// scheduler can delay a query answered by pulse itself: a shorter tick makes the heartbeat
+// fresher, not the self-probe more impatient.
+const minDefaultProbeTimeout = 100 * time.Millisecond
+
 func (c config) selfProbeTimeout() time.Duration {
 	if c.probeTimeout > 0 {
 		return c.probeTimeout
 	}
-	return min(c.tick, time.Second)
+	return min(max(c.tick, minDefaultProbeTimeout), time.Second)
 }
 
 // windowSpans are the heartbeat's windows, in the order of heartbeat.WindowKeys.
@@ -189,8 +194,8 @@ func (r *runner) ticker(ctx context.Context) {
 		case now := <-t.C:
 			r.tickOnce(now)
 			// One self-probe at a time, each in its own goroutine so a hung listener
-			// never stops seq from moving; a probe still running at the next tick has
-			// already failed its deadline and is reported so by then.
+			// never stops seq from moving; while one is still running (its timeout can
+			// be longer than a tick) the tick sends none.
 			select {
 			case probes <- struct{}{}:
 				r.wg.Add(1)

@@ -18,8 +18,11 @@ func TestParse(t *testing.T) {
 		check   func(t *testing.T, c config)
 	}{
 		{input: `pulse`, check: func(t *testing.T, c config) {
-			if c.addr != ":9155" || c.tick != 100*time.Millisecond || c.servfailRatio != 0.25 || c.minQueries != 20 || c.lease {
+			if c.addr != ":9155" || c.tick != 50*time.Millisecond || c.servfailRatio != 0.25 || c.minQueries != 20 || c.lease {
 				t.Errorf("defaults: %+v", c)
+			}
+			if got := c.selfProbeTimeout(); got != 100*time.Millisecond {
+				t.Errorf("default self-probe timeout %v, want 100ms (not the 50ms tick)", got)
 			}
 		}},
 		{input: `pulse 127.0.0.1:9999`, check: func(t *testing.T, c config) {

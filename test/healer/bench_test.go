@@ -105,6 +105,9 @@ func TestBenchDetect(t *testing.T) {
 				fc.inject(t, victim)
 				deg := c.audit.waitFrom(t, mark, verdictWithin, victim.name+" degraded", isState(victim.name, "degraded"))
 				lat = append(lat, deg.Time.Sub(injected))
+				if i == 0 || deg.Time.Sub(injected) > 100*time.Millisecond {
+					t.Logf("injection %d, %.1f ms: %s", i, ms(deg.Time.Sub(injected)), deg.Raw)
+				}
 				fc.recover(t, victim)
 				for _, l := range c.audit.from(t, mark) {
 					if l.Event == "state" && (l.To == "degraded" || l.To == "global") && l.Replica != victim.name {

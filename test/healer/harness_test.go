@@ -206,7 +206,7 @@ type replicaProc struct {
 }
 
 // corefile is a replica's Corefile: the pulse line as a user writes it first (every option
-// at its default: tick 100ms, the self-probe answered by pulse itself), extra lines (a
+// at its default: tick 50ms, the self-probe answered by pulse itself), extra lines (a
 // cache), and forward to the replica's own upstream.
 const corefile = `.:%d {
     bind %s
