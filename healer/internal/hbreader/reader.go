@@ -118,11 +118,13 @@ func (p *Pool) newReader(w *schedule.Worker) *reader {
 }
 
 // fire starts one read. One read at a time per replica: a read still waiting will report
-// its own timeout, and a second one would only open another connection.
-func (r *reader) fire() {
+// its own timeout, and a second one would only open another connection. The next read is
+// due one interval later.
+func (r *reader) fire() time.Time {
 	if r.inFlight.CompareAndSwap(false, true) {
 		go r.readOnce()
 	}
+	return time.Time{}
 }
 
 func (r *reader) readOnce() {

@@ -130,13 +130,14 @@ func (pr *prober) closeMux() {
 	}
 }
 
-// round sends every check once (each in its own goroutine).
-func (pr *prober) round() {
+// round sends every check once (each in its own goroutine); the next round is due one
+// interval later.
+func (pr *prober) round() time.Time {
 	p := pr.pool
 	pr.mu.Lock()
 	if pr.Ctx.Err() != nil {
 		pr.mu.Unlock()
-		return
+		return time.Time{}
 	}
 	if pr.mux == nil {
 		m, err := dialMux(pr.Addr)
@@ -145,7 +146,7 @@ func (pr *prober) round() {
 			for i := range p.checks {
 				go pr.emit(Result{Replica: pr.Name, Check: i, Sent: time.Now(), Err: err, Canary: p.checks[i].Canary})
 			}
-			return
+			return time.Time{}
 		}
 		pr.mux = m
 	}
@@ -159,6 +160,7 @@ func (pr *prober) round() {
 		pr.inFlight.Add(1)
 		go pr.probe(mux, i)
 	}
+	return time.Time{}
 }
 
 func (pr *prober) probe(mux *udpMux, i int) {
