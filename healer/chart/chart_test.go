@@ -604,7 +604,7 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		{"negative replicas", map[string]any{"replicaCount": -1}, "replicaCount"},
 		{"duration as number", map[string]any{"probe": map[string]any{"interval": 20}}, "interval"},
 		{"duration not a duration", map[string]any{"probe": map[string]any{"timeout": "fast"}}, "timeout"},
-		{"qps zero", map[string]any{"probe": map[string]any{"maxQPS": 0}}, "maxQPS"},
+		{"qps negative", map[string]any{"probe": map[string]any{"maxQPS": -1}}, "maxQPS"},
 		{"port out of range", map[string]any{"coredns": map[string]any{"pulsePort": 70000}}, "pulsePort"},
 		{"bool as string", map[string]any{"remediation": map[string]any{"dryRun": "yes"}}, "dryRun"},
 		{"negative min-available", map[string]any{"remediation": map[string]any{"minAvailable": -1}}, "minAvailable"},

@@ -54,7 +54,9 @@ type Probe struct {
 	// adaptive timeout, clamp(8 x the replica's own latency, MinTimeout, Timeout).
 	Timeout    Duration `json:"timeout"`
 	MinTimeout Duration `json:"minTimeout"`
-	// MaxQPS caps the probes of all replicas and checks together (--max-probe-qps).
+	// MaxQPS caps the probes of all replicas and checks together (--max-probe-qps); 0
+	// sets no cap but the schedule itself (replicas x checks / Interval). A cap below the
+	// schedule probes every replica less often, evenly, and says so at start-up.
 	MaxQPS int `json:"maxQPS"`
 }
 
@@ -168,7 +170,7 @@ func Default() *Config {
 	return &Config{
 		Probe: Probe{
 			Interval: D(20 * time.Millisecond), Timeout: D(100 * time.Millisecond), MinTimeout: D(40 * time.Millisecond),
-			MaxQPS: 500,
+			MaxQPS: 0,
 		},
 		Heartbeat: Heartbeat{
 			Interval: D(20 * time.Millisecond), Timeout: D(100 * time.Millisecond), MinTimeout: D(40 * time.Millisecond),

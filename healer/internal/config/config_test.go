@@ -37,7 +37,7 @@ func TestEveryBriefFlagExists(t *testing.T) {
 	}
 	o := Default()
 	k := o.Kubernetes
-	if o.Probe.Interval.D() != 20*time.Millisecond || o.Probe.Timeout.D() != 100*time.Millisecond || o.Probe.MaxQPS != 500 ||
+	if o.Probe.Interval.D() != 20*time.Millisecond || o.Probe.Timeout.D() != 100*time.Millisecond || o.Probe.MaxQPS != 0 ||
 		o.Heartbeat.Port != 9155 || o.AuditLog != "-" || o.MetricsAddr != ":9156" || k.Namespace != "kube-system" ||
 		k.Selector != "k8s-app=kube-dns" || k.Service != "kube-dns" || !k.Canary.Enabled || k.Canary.Service != "dnspulse-canary" ||
 		k.Canary.Interval.D() != 5*time.Second || k.Canary.MaxLag.D() != 3*time.Second || o.Guards.MinAvailable != 1 || o.Guards.MaxDegraded != 1 ||
@@ -68,7 +68,7 @@ func TestStaticTargets(t *testing.T) {
 
 func TestValidateReportsEveryProblem(t *testing.T) {
 	_, err := parse(t, "--target", "nope", "--target", "b=127.0.0.1:99999", "--check", "x/BOGUS",
-		"--probe-interval", "0s", "--max-probe-qps", "0", "--max-degraded", "0", "--pulse-port", "70000")
+		"--probe-interval", "0s", "--max-probe-qps", "-1", "--max-degraded", "0", "--pulse-port", "70000")
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -78,7 +78,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		}
 	}
 	o := Default()
-	o.Probe.Interval, o.Probe.MaxQPS, o.Guards.MaxDegraded, o.Heartbeat.Port, o.Static.RemediateExec = 0, 0, 0, 70000, "x"
+	o.Probe.Interval, o.Probe.MaxQPS, o.Guards.MaxDegraded, o.Heartbeat.Port, o.Static.RemediateExec = 0, -1, 0, 70000, "x"
 	err = o.Validate()
 	for _, want := range []string{"--probe-interval", "--max-probe-qps", "--max-degraded", "--pulse-port", "--remediate-exec"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

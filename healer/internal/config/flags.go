@@ -13,7 +13,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(&p.Interval, "probe-interval", "time between two probes of a replica, per check")
 	fs.Var(&p.Timeout, "probe-timeout", "hard timeout of one probe")
 	fs.Var(&p.MinTimeout, "probe-min-timeout", "floor of the adaptive probe timeout (8 x the replica's own latency, at most --probe-timeout)")
-	fs.IntVar(&p.MaxQPS, "max-probe-qps", p.MaxQPS, "cap on the probes per second of all replicas and checks together")
+	fs.IntVar(&p.MaxQPS, "max-probe-qps", p.MaxQPS, "cap on the probes per second of all replicas and checks together; 0: none but the schedule (replicas x checks / --probe-interval); below that, every replica is probed less often (said at start-up)")
 
 	h := &c.Heartbeat
 	fs.Var(&h.Interval, "pulse-interval", "time between two polls of a replica's /pulse")

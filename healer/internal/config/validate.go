@@ -38,8 +38,8 @@ func (c *Config) Validate() error {
 			bad(f.flag, "must be >= 0")
 		}
 	}
-	if c.Probe.MaxQPS < 1 {
-		bad("max-probe-qps", fmt.Sprintf("must be >= 1, got %d", c.Probe.MaxQPS))
+	if c.Probe.MaxQPS < 0 {
+		bad("max-probe-qps", fmt.Sprintf("must be >= 0 (0: no cap), got %d", c.Probe.MaxQPS))
 	}
 	if c.Heartbeat.Port < 1 || c.Heartbeat.Port > 65535 {
 		bad("pulse-port", fmt.Sprintf("%d out of [1,65535]", c.Heartbeat.Port))

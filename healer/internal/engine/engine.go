@@ -88,7 +88,8 @@ type Engine struct {
 	memoryCh    chan memoryLoad
 
 	outcomes chan op
-	probeCh  chan probe.Result
+	// probeBuf is the batch taken from the probes' mailbox, handed back at the next take.
+	probeBuf []probe.Result
 	readCh   chan hbreader.Result
 }
 
@@ -117,12 +118,14 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 	if cfg.SyncEvery <= 0 {
 		cfg.SyncEvery = 250 * time.Millisecond
 	}
-	probeCh := make(chan probe.Result, 1024)
 	readCh := make(chan hbreader.Result, 256)
-	probes := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness, probeCh)
+	probes, err := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
 	return &Engine{
 		cfg: cfg, mode: mode, log: cfg.Logger, now: cfg.Now,
-		probeCh: probeCh, readCh: readCh, probes: probes,
+		readCh: readCh, probes: probes,
 		reads:    hbreader.NewPool(cfg.Heartbeat, readCh),
 		det:      detect.New(cfg.Thresholds, probes.Checks(), cfg.Guards.WarmUp.D()),
 		guards:   newGuards(cfg.Guards),
@@ -212,8 +215,13 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case err := <-errc:
 			return err
-		case r := <-e.probeCh:
-			e.observeProbe(r)
+		case <-e.probes.Results.Ready():
+			// Everything the probes sent since the last take, at once: one wake-up per
+			// batch, and the probes never wait for the engine.
+			e.probeBuf = e.probes.Results.Take(e.probeBuf)
+			for i := range e.probeBuf {
+				e.observeProbe(e.probeBuf[i])
+			}
 			soon()
 		case r := <-e.readCh:
 			e.observeHeartbeat(r)

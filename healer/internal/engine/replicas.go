@@ -99,24 +99,21 @@ func (e *Engine) sync(ctx context.Context) {
 	e.det.SetTargets(ts, now)
 	e.probes.Sync(ctx, ts)
 	e.reads.Sync(ctx, ts)
-	e.warnProbeBudget(len(ts))
+	e.reportProbeSchedule()
 }
 
-// warnProbeBudget says so when the schedule asks for more probes than --max-probe-qps
-// allows: the cap skips probes rather than delaying them, so every replica is then probed
-// less often than --probe-interval.
-func (e *Engine) warnProbeBudget(n int) {
-	pc := e.cfg.Probe
+// reportProbeSchedule says what the probes keep: every replica every --probe-interval, or,
+// when --max-probe-qps cannot pay for that, every replica less often (evenly): then a
+// warning and an audit line, since detection is slower by as much.
+func (e *Engine) reportProbeSchedule() {
+	iv, n, qps := e.probes.Schedule()
 	checks := len(e.probes.Checks())
-	if pc.Interval <= 0 || pc.MaxQPS <= 0 {
+	if want := e.cfg.Probe.Interval.D(); iv > want {
+		msg := fmt.Sprintf("%d replicas x %d checks every %s would be %.0f probes/s, above --max-probe-qps %d: every replica is probed every %s instead",
+			n, checks, want, float64(n*checks)/want.Seconds(), e.cfg.Probe.MaxQPS, iv)
+		e.log.Warn(msg)
+		e.cfg.Audit.Info(audit.EventProbeQPSCap, msg, nil)
 		return
 	}
-	want := float64(n*checks) / pc.Interval.D().Seconds()
-	if want <= float64(pc.MaxQPS) {
-		return
-	}
-	msg := fmt.Sprintf("%d replicas x %d checks every %s want %.0f probes/s, above --max-probe-qps %d: probes will be skipped",
-		n, checks, pc.Interval.D(), want, pc.MaxQPS)
-	e.log.Warn(msg)
-	e.cfg.Audit.Info(audit.EventProbeQPSCap, msg, nil)
+	e.log.Info("probe schedule", "replicas", n, "checks", checks, "every", iv, "probesPerSecond", int(qps))
 }
