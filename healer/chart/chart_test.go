@@ -283,6 +283,7 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 		"retry-backoff-max": v.str("remediation.retryBackoffMax"),
 		"max-probe-qps":     v.str("probe.maxQPS"),
 		"pulse-interval":    v.str("pulse.interval"),
+		"pulse-stream":      v.str("pulse.stream"),
 		"pulse-timeout":     v.str("pulse.timeout"),
 		"pulse-port":        v.str("coredns.pulsePort"),
 		"dry-run":           v.str("remediation.dryRun"),

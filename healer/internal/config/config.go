@@ -62,7 +62,12 @@ type Probe struct {
 
 // Heartbeat is the internal view's schedule (package hbreader).
 type Heartbeat struct {
-	// Interval between two reads of a replica's heartbeat (--pulse-interval).
+	// Stream watches every replica's heartbeat as a stream (GET /pulse?watch=1), polling
+	// only an older pulse and a suspect replica; false polls every replica every Interval
+	// (--pulse-stream).
+	Stream bool `json:"stream"`
+	// Interval between two polls of a replica's heartbeat, and between two reports of a
+	// stalled stream (--pulse-interval).
 	Interval   Duration `json:"interval"`
 	Timeout    Duration `json:"timeout"`
 	MinTimeout Duration `json:"minTimeout"`
@@ -173,6 +178,7 @@ func Default() *Config {
 			MaxQPS: 0,
 		},
 		Heartbeat: Heartbeat{
+			Stream:   true,
 			Interval: D(20 * time.Millisecond), Timeout: D(100 * time.Millisecond), MinTimeout: D(40 * time.Millisecond),
 			Port: 9155,
 		},

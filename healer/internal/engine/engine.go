@@ -88,9 +88,9 @@ type Engine struct {
 	memoryCh    chan memoryLoad
 
 	outcomes chan op
-	// probeBuf is the batch taken from the probes' mailbox, handed back at the next take.
+	// The batches taken from the views' mailboxes, handed back at the next take.
 	probeBuf []probe.Result
-	readCh   chan hbreader.Result
+	readBuf  []hbreader.Result
 }
 
 // SkippedProbes counts probes not sent because of the qps cap or the in-flight bound.
@@ -118,15 +118,14 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 	if cfg.SyncEvery <= 0 {
 		cfg.SyncEvery = 250 * time.Millisecond
 	}
-	readCh := make(chan hbreader.Result, 256)
 	probes, err := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness)
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
 	return &Engine{
 		cfg: cfg, mode: mode, log: cfg.Logger, now: cfg.Now,
-		readCh: readCh, probes: probes,
-		reads:    hbreader.NewPool(cfg.Heartbeat, readCh),
+		probes:   probes,
+		reads:    hbreader.NewPool(cfg.Heartbeat),
 		det:      detect.New(cfg.Thresholds, probes.Checks(), cfg.Guards.WarmUp.D()),
 		guards:   newGuards(cfg.Guards),
 		replicas: map[string]*replicaState{},
@@ -223,8 +222,11 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.observeProbe(e.probeBuf[i])
 			}
 			soon()
-		case r := <-e.readCh:
-			e.observeHeartbeat(r)
+		case <-e.reads.Results.Ready():
+			e.readBuf = e.reads.Results.Take(e.readBuf)
+			for i := range e.readBuf {
+				e.observeHeartbeat(e.readBuf[i])
+			}
 			soon()
 		case <-evalTimer.C:
 			timerArmed = false
