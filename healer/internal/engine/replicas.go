@@ -15,6 +15,8 @@ import (
 // when the replica is gone. (Its evidence and state are the detector's.)
 type replicaState struct {
 	target replica.Target
+	// state is the detector's, as its transitions said (Engine.moveState).
+	state api.State
 	// readyAt is when the replica was first seen Ready here (G3): a readiness flap later
 	// does not make it fresh again.
 	readyAt time.Time
@@ -36,6 +38,8 @@ type replicaState struct {
 	drains  []time.Time
 	// partitionReported: its partition (G13) was reported in this episode.
 	partitionReported bool
+	// metrics are its per-result series, looked up once.
+	metrics replicaMetrics
 }
 
 // enterDegraded records an entry into degraded at now and says whether the replica is
@@ -75,7 +79,8 @@ func (e *Engine) sync(ctx context.Context) {
 		seen[t.Name] = true
 		r, ok := e.replicas[t.Name]
 		if !ok {
-			r = &replicaState{}
+			r = &replicaState{state: api.Unknown}
+			e.inState[api.Unknown]++
 			e.replicas[t.Name] = r
 			e.cfg.Audit.Info(audit.EventReplica, t.Name, map[string]any{
 				"replica": t.Name, "dns": t.DNSAddr, "pulse": t.PulseAddr, "ready": t.Ready, "remediable": t.Remediable, "why": t.Why,
@@ -88,8 +93,10 @@ func (e *Engine) sync(ctx context.Context) {
 		r.target = t
 		order = append(order, r)
 	}
-	for name := range e.replicas {
+	for name, r := range e.replicas {
 		if !seen[name] {
+			e.unboost(r)
+			e.inState[r.state]--
 			delete(e.replicas, name)
 			e.cfg.Metrics.Forget(name)
 			e.cfg.Audit.Info(audit.EventReplicaGone, name, map[string]any{"replica": name})
