@@ -342,6 +342,11 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 			want["kubeconfig"] = kc
 		}
 	}
+	if pp := v.str("metrics.pprofPort"); pp != "0" {
+		want["pprof-addr"] = "127.0.0.1:" + pp
+	} else if _, ok := got["pprof-addr"]; ok {
+		t.Error("--pprof-addr passed with metrics.pprofPort 0")
+	}
 	if re := v.str("static.remediateExec"); re != "" {
 		want["remediate-exec"] = re
 		want["remediate-timeout"] = v.str("static.remediateTimeout")
@@ -606,6 +611,7 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		{"duration as number", map[string]any{"probe": map[string]any{"interval": 20}}, "interval"},
 		{"duration not a duration", map[string]any{"probe": map[string]any{"timeout": "fast"}}, "timeout"},
 		{"qps negative", map[string]any{"probe": map[string]any{"maxQPS": -1}}, "maxQPS"},
+		{"pprof port out of range", map[string]any{"metrics": map[string]any{"pprofPort": 70000}}, "pprofPort"},
 		{"port out of range", map[string]any{"coredns": map[string]any{"pulsePort": 70000}}, "pulsePort"},
 		{"bool as string", map[string]any{"remediation": map[string]any{"dryRun": "yes"}}, "dryRun"},
 		{"negative min-available", map[string]any{"remediation": map[string]any{"minAvailable": -1}}, "minAvailable"},

@@ -36,6 +36,8 @@ type Config struct {
 	AuditLog string `json:"auditLog"`
 	// MetricsAddr serves /metrics, /healthz and /readyz; "" serves nothing (--metrics-addr).
 	MetricsAddr string `json:"metricsAddr"`
+	// PprofAddr serves Go's profiles (/debug/pprof/); "" serves nothing (--pprof-addr).
+	PprofAddr string `json:"pprofAddr"`
 
 	// File is the --config file, "" for none; Version is --version.
 	File    string `json:"-"`

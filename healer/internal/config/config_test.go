@@ -79,11 +79,24 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 	o := Default()
 	o.Probe.Interval, o.Probe.MaxQPS, o.Guards.MaxDegraded, o.Heartbeat.Port, o.Static.RemediateExec = 0, -1, 0, 70000, "x"
+	o.PprofAddr = "6060"
 	err = o.Validate()
-	for _, want := range []string{"--probe-interval", "--max-probe-qps", "--max-degraded", "--pulse-port", "--remediate-exec"} {
+	for _, want := range []string{"--probe-interval", "--max-probe-qps", "--max-degraded", "--pulse-port", "--remediate-exec", "--pprof-addr"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}
+	}
+}
+
+// Streams by default; --pulse-stream=false polls; no profiles unless asked.
+func TestHeartbeatStreamAndPprofDefaults(t *testing.T) {
+	o := Default()
+	if !o.Heartbeat.Stream || o.PprofAddr != "" || o.Probe.MaxQPS != 0 {
+		t.Errorf("defaults: stream %v, pprof %q, max-probe-qps %d", o.Heartbeat.Stream, o.PprofAddr, o.Probe.MaxQPS)
+	}
+	c, err := parse(t, "--target", "a=127.0.0.1:53", "--check", "x.example", "--pulse-stream=false", "--pprof-addr", "127.0.0.1:6060")
+	if err != nil || c.Heartbeat.Stream || c.PprofAddr != "127.0.0.1:6060" {
+		t.Errorf("flags: stream %v, pprof %q, err %v", c.Heartbeat.Stream, c.PprofAddr, err)
 	}
 }
 

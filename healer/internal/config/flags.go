@@ -39,6 +39,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, `file the audit log (JSON lines) is appended to; "-" is stdout`)
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "HOST:PORT serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, `HOST:PORT serving Go's profiles at /debug/pprof/ (e.g. 127.0.0.1:6060); "" serves none`)
 
 	k := &c.Kubernetes
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", k.Kubeconfig, "kubeconfig file (default: in-cluster config)")

@@ -68,9 +68,9 @@ func (c *Config) Validate() error {
 	if n := len(c.CheckList) + 1; n > maxChecks {
 		bad("check", fmt.Sprintf("%d checks (with the canary's): at most %d", n, maxChecks))
 	}
-	if c.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			bad("metrics-addr", err.Error())
+	for flag, addr := range map[string]string{"metrics-addr": c.MetricsAddr, "pprof-addr": c.PprofAddr} {
+		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
+			bad(flag, err.Error())
 		}
 	}
 	if c.AuditLog == "" {
