@@ -13,9 +13,10 @@ import (
 // its ID and question, as a connected socket would have filtered it.
 const (
 	// targetsPerSocket: a socket's receive buffer holds the replies of that many replicas
-	// through a stall of the healer of tens of milliseconds (a buffer that overflows
-	// drops replies, which would look like timeouts).
-	targetsPerSocket = 64
+	// through a stall of the healer of tens of milliseconds (at 50 a second each, 256
+	// replicas fill 400 KiB in about 30 ms); a reply dropped anyway makes its probe
+	// inconclusive, not a timeout (sock.lostBefore). Fewer sockets, bigger batches.
+	targetsPerSocket = 256
 	// maxSockets bounds the sockets per address family, and the system calls per pass.
 	maxSockets = 32
 	// batch is how many datagrams one system call reads or writes at most.
@@ -54,25 +55,31 @@ type outMsg struct {
 type sock struct {
 	bc     batchConn
 	v6     bool
-	rxTime bool // the kernel stamps arrivals
 	byAddr map[netip.AddrPort]*target
+	// drops is the socket's count of datagrams dropped for want of room, as last read;
+	// lostBefore is when a read last found it grown (on the loop's clock): a probe sent
+	// before then may have lost its reply in the healer's own socket, and its timeout
+	// proves nothing.
+	drops      uint32
+	lostBefore int64
 	// out is the batch being built by a pass: the datagrams and whose probes they are.
 	out    []outMsg
 	outRef []probeRef
 }
 
-// probeRef names one probe: a target's ring slot, by sequence number.
+// probeRef names one probe: a target's slot (by the probe's ID) and its sequence number.
 type probeRef struct {
 	t   *target
 	seq uint32
+	id  uint16
 }
 
 func openSock(v6 bool) (*sock, error) {
-	bc, stamped, err := openConn(v6)
+	bc, err := openConn(v6)
 	if err != nil {
 		return nil, err
 	}
-	return &sock{bc: bc, v6: v6, rxTime: stamped, byAddr: map[netip.AddrPort]*target{}}, nil
+	return &sock{bc: bc, v6: v6, byAddr: map[netip.AddrPort]*target{}}, nil
 }
 
 func (s *sock) close() { _ = s.bc.close() }

@@ -11,7 +11,8 @@ import (
 // On Linux the probes' sockets are plain descriptors kept out of Go's network poller: the
 // loop reads them every pass anyway (MSG_DONTWAIT), so a reply need not wake the process,
 // which at thousands of replies a second would cost more than reading them. recvmmsg and
-// sendmmsg move a batch per system call; the kernel stamps each arrival (SO_TIMESTAMPNS).
+// sendmmsg move a batch per system call; the kernel stamps each arrival (SO_TIMESTAMPNS)
+// and says when the socket dropped datagrams (SO_RXQ_OVFL).
 type rawConn struct {
 	fd    int
 	v6    bool
@@ -20,14 +21,14 @@ type rawConn struct {
 	names []unix.RawSockaddrInet6 // large enough for either family
 }
 
-func openConn(v6 bool) (batchConn, bool, error) {
+func openConn(v6 bool) (batchConn, error) {
 	family := unix.AF_INET
 	if v6 {
 		family = unix.AF_INET6
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	var sa unix.Sockaddr = &unix.SockaddrInet4{}
 	if v6 {
@@ -35,11 +36,14 @@ func openConn(v6 bool) (batchConn, bool, error) {
 	}
 	if err := unix.Bind(fd, sa); err != nil {
 		_ = unix.Close(fd)
-		return nil, false, err
+		return nil, err
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf) // best effort: capped by the kernel
-	stamped := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) == nil
-	return &rawConn{fd: fd, v6: v6, hs: make([]unix.Mmsghdr, batch), iovs: make([]unix.Iovec, batch), names: make([]unix.RawSockaddrInet6, batch)}, stamped, nil
+	// Best effort: without stamps a reply arrives when read; without drop counts a reply
+	// the socket dropped is a timeout.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+	return &rawConn{fd: fd, v6: v6, hs: make([]unix.Mmsghdr, batch), iovs: make([]unix.Iovec, batch), names: make([]unix.RawSockaddrInet6, batch)}, nil
 }
 
 func (c *rawConn) close() error { return unix.Close(c.fd) }

@@ -13,17 +13,17 @@ import (
 // one datagram at a time without waiting (a read deadline in the past).
 type udpConn struct{ c *net.UDPConn }
 
-func openConn(v6 bool) (batchConn, bool, error) {
+func openConn(v6 bool) (batchConn, error) {
 	network, laddr := "udp4", &net.UDPAddr{IP: net.IPv4zero}
 	if v6 {
 		network, laddr = "udp6", &net.UDPAddr{IP: net.IPv6unspecified}
 	}
 	c, err := net.ListenUDP(network, laddr)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	_ = c.SetReadBuffer(rcvBuf)
-	return &udpConn{c: c}, false, nil
+	return &udpConn{c: c}, nil
 }
 
 func (u *udpConn) close() error { return u.c.Close() }

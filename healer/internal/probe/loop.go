@@ -140,20 +140,19 @@ func (p *Pool) readAll() {
 
 // reply handles one datagram read at now.
 func (p *Pool) reply(s *sock, m *inMsg, now time.Time) {
+	arrived, drops, counted := ancillary(m.oob[:m.nn], now)
+	if counted && drops != s.drops {
+		s.drops, s.lostBefore = drops, p.ns(now)
+	}
 	t := s.byAddr[m.from]
 	msg := m.buf[:m.n]
 	if t == nil || len(msg) < 12 || msg[2]&0x80 == 0 { // not a replica's, or not a response
 		return
 	}
 	id := uint16(msg[0])<<8 | uint16(msg[1])
-	seq, ok := t.ids[id]
-	if !ok {
+	sl := t.slotOf(id)
+	if sl.state == free || sl.id != id {
 		return
-	}
-	sl := t.slot(seq)
-	arrived := now
-	if s.rxTime {
-		arrived, _ = rxTime(m.oob[:m.nn], now)
 	}
 	at := p.ns(arrived)
 	if sl.state == waiting && at > sl.deadline {
@@ -173,18 +172,18 @@ func (p *Pool) reply(s *sock, m *inMsg, now time.Time) {
 			return // another question under a reused ID: keep waiting
 		}
 		t.inFlight--
-		p.release(t, sl)
+		p.release(sl)
 		t.timeout.Observe(res.Latency)
 		p.out = append(p.out, res)
 	case listening:
 		if at > sl.deadline {
-			p.release(t, sl)
+			p.release(sl)
 			return
 		}
 		if !judgeReply(&res, c, msg, &t.cache[sl.check], &p.scratch, p.fresh) {
 			return
 		}
-		p.release(t, sl)
+		p.release(sl)
 		res.LateReply = true
 		t.timeout.Observe(res.Latency) // the replica's real latency: the timeout follows it
 		p.out = append(p.out, res)
@@ -192,15 +191,11 @@ func (p *Pool) reply(s *sock, m *inMsg, now time.Time) {
 }
 
 // release frees a slot.
-func (p *Pool) release(t *target, sl *slot) {
-	if sl.state == free {
-		return
+func (p *Pool) release(sl *slot) {
+	if sl.state != free {
+		sl.state = free
+		p.pending--
 	}
-	if cur, ok := t.ids[sl.id]; ok && cur == sl.seq {
-		delete(t.ids, sl.id)
-	}
-	sl.state = free
-	p.pending--
 }
 
 // expire judges every deadline that passed by nowNs: a probe still waiting timed out (or,
@@ -212,15 +207,15 @@ func (p *Pool) expire(nowNs int64) {
 		if d.t.gone {
 			continue
 		}
-		sl := d.t.slot(d.seq)
-		if sl.seq != d.seq || sl.deadline != d.at {
+		sl := d.t.probe(d.id, d.seq)
+		if sl == nil || sl.deadline != d.at {
 			continue // answered (the slot moved on), or its deadline changed
 		}
 		switch sl.state {
 		case waiting:
 			p.timedOut(d.t, sl, nowNs)
 		case listening:
-			p.release(d.t, sl)
+			p.release(sl)
 		}
 	}
 }
@@ -229,14 +224,16 @@ func (p *Pool) expire(nowNs int64) {
 func (p *Pool) timedOut(t *target, sl *slot, nowNs int64) {
 	t.inFlight--
 	res := Result{Replica: t.name, Check: int(sl.check), Sent: p.at(sl.sent), Latency: time.Duration(nowNs - sl.sent), Canary: p.checks[sl.check].Canary}
-	if schedule.Late(time.Duration(nowNs-sl.sent), sl.timeout) {
+	if schedule.Late(time.Duration(nowNs-sl.sent), time.Duration(sl.deadline-sl.sent)) || (t.sock != nil && sl.sent < t.sock.lostBefore) {
+		// Judged long after its deadline (the healer was not running), or its reply may
+		// have been among those the healer's own socket dropped: proves nothing.
 		res.Err, res.Late = ErrLate, true
-		p.release(t, sl)
+		p.release(sl)
 	} else {
 		res.Err, res.Timeout = errTimeout, true
 		sl.state = listening
 		sl.deadline = nowNs + int64(lateWindow)
-		p.due.push(deadline{at: sl.deadline, t: t, seq: sl.seq})
+		p.due.push(deadline{at: sl.deadline, t: t, id: sl.id, seq: sl.seq})
 	}
 	p.out = append(p.out, res)
 }
@@ -271,20 +268,17 @@ func (p *Pool) round(t *target, now time.Time, nowNs int64) {
 			p.Skipped.Add(1)
 			continue
 		}
-		seq := t.seq
-		sl := t.slot(seq)
-		if sl.state == waiting || sl.state == viaTCP {
-			p.Skipped.Add(1) // the ring came round to a probe still in flight: cannot happen with ringSize
+		sl, id := p.newID(t)
+		if sl == nil {
+			p.Skipped.Add(1) // no free slot: cannot happen with slotsFor's room
 			continue
 		}
+		seq := t.seq
 		t.seq++
-		p.release(t, sl) // a late window the ring came round to is forgotten
-		id := p.newID(t)
-		*sl = slot{seq: seq, id: id, check: uint16(i), state: waiting, sent: nowNs, deadline: nowNs + int64(timeout), timeout: timeout}
-		t.ids[id] = seq
+		*sl = slot{seq: seq, id: id, check: uint16(i), state: waiting, sent: nowNs, deadline: nowNs + int64(timeout)}
 		t.inFlight++
 		p.pending++
-		p.due.push(deadline{at: sl.deadline, t: t, seq: seq})
+		p.due.push(deadline{at: sl.deadline, t: t, id: id, seq: seq})
 		s := t.sock
 		if len(s.out) == cap(s.out) {
 			s.out = append(s.out[:cap(s.out)], make([]outMsg, len(s.out)+8)...)[:len(s.out)]
@@ -294,18 +288,24 @@ func (p *Pool) round(t *target, now time.Time, nowNs int64) {
 		m.buf = append(m.buf[:0], p.queries[i]...) // the bytes stay with the slot for the next passes
 		m.buf[0], m.buf[1] = byte(id>>8), byte(id)
 		m.to = t.addr
-		s.outRef = append(s.outRef, probeRef{t: t, seq: seq})
+		s.outRef = append(s.outRef, probeRef{t: t, id: id, seq: seq})
 	}
 }
 
-// newID picks a random DNS ID no probe of t awaiting a reply has.
-func (p *Pool) newID(t *target) uint16 {
-	for {
+// newID picks a random DNS ID whose slot is free; should the table be that full, one
+// whose slot only listens for a late reply (which is forgotten). Nil after a few tries.
+func (p *Pool) newID(t *target) (*slot, uint16) {
+	for try := range 16 {
 		id := uint16(rand.Uint32())
-		if _, taken := t.ids[id]; !taken {
-			return id
+		switch sl := t.slotOf(id); {
+		case sl.state == free:
+			return sl, id
+		case sl.state == listening && try >= 8:
+			p.release(sl)
+			return sl, id
 		}
 	}
+	return nil, 0
 }
 
 // flush sends s's batch. A datagram the kernel refuses fails its probe: inconclusive when
@@ -321,15 +321,14 @@ func (p *Pool) flush(s *sock) {
 			err = fmt.Errorf("sendmmsg sent nothing")
 		}
 		ref := s.outRef[i]
-		sl := ref.t.slot(ref.seq)
-		if sl.seq == ref.seq && sl.state == waiting {
+		if sl := ref.t.probe(ref.id, ref.seq); sl != nil && sl.state == waiting {
 			ref.t.inFlight--
 			res := Result{Replica: ref.t.name, Check: int(sl.check), Sent: p.at(sl.sent), Canary: p.checks[sl.check].Canary}
 			res.Err = err
 			if localCongestion(err) {
 				res.Err, res.Late = ErrLate, true
 			}
-			p.release(ref.t, sl)
+			p.release(sl)
 			p.out = append(p.out, res)
 		}
 		i++
@@ -343,8 +342,8 @@ func (p *Pool) flush(s *sock) {
 // timeout, in a goroutine of its own (a rare path: the checks' answers fit in UDP).
 func (p *Pool) retryTCP(t *target, sl *slot) {
 	sl.state = viaTCP
-	seq, ci, sent := sl.seq, int(sl.check), p.at(sl.sent)
-	c, ctx, timeout := p.checks[ci], p.ctx, sl.timeout
+	id, seq, ci, sent := sl.id, sl.seq, int(sl.check), p.at(sl.sent)
+	c, ctx, timeout := p.checks[ci], p.ctx, time.Duration(sl.deadline-sl.sent)
 	go func() {
 		tctx, cancel := context.WithDeadline(ctx, sent.Add(timeout))
 		defer cancel()
@@ -357,12 +356,12 @@ func (p *Pool) retryTCP(t *target, sl *slot) {
 		Judge(&res, c, reply, err, p.fresh)
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		cur := t.slot(seq)
-		if t.gone || cur.seq != seq || cur.state != viaTCP {
+		cur := t.probe(id, seq)
+		if t.gone || cur == nil || cur.state != viaTCP {
 			return
 		}
 		t.inFlight--
-		p.release(t, cur)
+		p.release(cur)
 		if res.Err == nil {
 			t.timeout.Observe(res.Latency)
 		}
@@ -392,6 +391,7 @@ type deadline struct {
 	at  int64
 	t   *target
 	seq uint32
+	id  uint16
 }
 
 // deadlineHeap is a binary min-heap by at, by hand (no interface boxing per probe).

@@ -239,8 +239,7 @@ func (p *Pool) poke() {
 // addLocked starts probing t, at a random phase within the interval so that many replicas
 // spread over it, through a socket of its address family.
 func (p *Pool) addLocked(t *target) {
-	t.ring = make([]slot, ringSize(len(p.checks), p.cfg.Interval.D()))
-	t.ids = make(map[uint16]uint32, len(t.ring))
+	t.slots = make([]slot, slotsFor(len(p.checks), p.cfg.Interval.D()))
 	t.cache = make([]answerCache, len(p.checks))
 	t.timeout = schedule.Timeout{Min: p.cfg.MinTimeout.D(), Max: p.cfg.Timeout.D()}
 	if t.timeout.Min <= 0 || t.timeout.Min > t.timeout.Max {
@@ -262,9 +261,9 @@ func (p *Pool) removeLocked(t *target) {
 	t.gone = true
 	p.rounds.Remove(t)
 	delete(p.targets, t.name)
-	for i := range t.ring {
-		if t.ring[i].state != free {
-			t.ring[i].state = free
+	for i := range t.slots {
+		if t.slots[i].state != free {
+			t.slots[i].state = free
 			p.pending--
 		}
 	}
@@ -316,13 +315,14 @@ func (p *Pool) sockFor(addr netip.AddrPort) (*sock, error) {
 	return s, nil
 }
 
-// ringSize is a replica's ring of probe slots: room for every probe it may have awaiting
-// a reply, in time or late (lateWindow after its timeout), boosted: a hung replica's
-// timeouts keep listening for the late replies that would tell a stall from a hang.
-func ringSize(checks int, interval time.Duration) int {
-	need := float64(checks*BoostFactor) * (lateWindow + 200*time.Millisecond).Seconds() / max(interval.Seconds(), 0.001)
-	n := 64
-	for float64(n) < need && n < 1<<14 {
+// slotsFor sizes a replica's table of probe slots: twice the probes it may have awaiting a
+// reply, in time or late (lateWindow after their timeout), boosted (a hung replica's
+// timeouts keep listening for the late replies that would tell a stall from a hang), so
+// that a random ID finds a free slot at the first or second try.
+func slotsFor(checks int, interval time.Duration) int {
+	need := 2 * float64(checks*BoostFactor) * (lateWindow + 200*time.Millisecond).Seconds() / max(interval.Seconds(), 0.001)
+	n := 128
+	for float64(n) < need && n < 1<<16 {
 		n *= 2
 	}
 	return n
@@ -338,10 +338,10 @@ type target struct {
 	err     error
 	sock    *sock
 	timeout schedule.Timeout
-	// ring holds its probes by sequence number; ids maps a probe's DNS ID to its sequence
-	// number while the probe awaits a reply.
-	ring  []slot
-	ids   map[uint16]uint32
+	// slots holds its probes awaiting a reply, each at the slot its DNS ID names (the ID's
+	// low bits): a reply finds its probe in one look, without a map; seq numbers the
+	// probes, so that a deadline outliving its probe is told from the next one there.
+	slots []slot
 	seq   uint32
 	cache []answerCache // by check
 	// inFlight counts its probes awaiting a reply in time (or over TCP).
@@ -379,12 +379,21 @@ type slot struct {
 	check uint16
 	state slotState
 	sent  int64
-	// deadline is when it times out (waiting), or when its late window ends (listening).
+	// deadline is when it times out (waiting, and over TCP), or when its late window
+	// ends (listening).
 	deadline int64
-	timeout  time.Duration
 }
 
-func (t *target) slot(seq uint32) *slot { return &t.ring[seq&uint32(len(t.ring)-1)] }
+// slotOf is the slot of the probe with DNS ID id.
+func (t *target) slotOf(id uint16) *slot { return &t.slots[int(id)&(len(t.slots)-1)] }
+
+// probe finds the probe seq at the slot of id; nil when that slot has moved on.
+func (t *target) probe(id uint16, seq uint32) *slot {
+	if sl := t.slotOf(id); sl.seq == seq && sl.state != free {
+		return sl
+	}
+	return nil
+}
 
 // Judge fills res from a reply or an error: what probe results are made of, kept apart
 // from the network so that it can be tested and fuzzed on its own.

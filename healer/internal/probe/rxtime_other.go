@@ -13,4 +13,4 @@ var oobSize = 0
 
 const msgTrunc = syscall.MSG_TRUNC
 
-func rxTime(_ []byte, now time.Time) (time.Time, bool) { return now, false }
+func ancillary(_ []byte, now time.Time) (time.Time, uint32, bool) { return now, 0, false }
