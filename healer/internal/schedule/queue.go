@@ -78,17 +78,24 @@ func (q *Queue[K]) Remove(k K) {
 	delete(q.items, k)
 }
 
-// Boost makes k due factor times as often for d from now, the first time one boosted
-// interval from now (or sooner if it was due sooner). It reports whether k's next due time
-// moved earlier.
+// Boost makes k due factor times as often for d from now, and, unless it is boosted
+// already, due at once: a boost is the engine asking for evidence now (a suspicion), and
+// the first boosted probe or poll is what shortens a detection. (A boost renewed while it
+// runs only extends it: a flapping suspicion must not buy a replica more than its boosted
+// rate.) It reports whether k's next due time moved earlier.
 func (q *Queue[K]) Boost(k K, factor int, d time.Duration, now time.Time) bool {
 	it, ok := q.items[k]
 	if !ok || factor <= 1 {
 		return false
 	}
+	wasBoosted := now.Before(it.boostUntil)
 	it.boostUntil = now.Add(d)
 	it.boostEvery = max(q.interval/time.Duration(factor), time.Millisecond)
-	if next := q.ns(now.Add(it.boostEvery)); it.index >= 0 && next < it.at {
+	next := q.ns(now)
+	if wasBoosted {
+		next = q.ns(now.Add(it.boostEvery))
+	}
+	if it.index >= 0 && next < it.at {
 		it.at = next
 		q.fix(it.index)
 		return true

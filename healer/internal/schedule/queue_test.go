@@ -46,7 +46,7 @@ func TestQueueCadence(t *testing.T) {
 func TestQueueBoost(t *testing.T) {
 	q := NewQueue[string](ms(20))
 	q.Add("a", t0.Add(ms(20)))
-	// Boosted x4 for 30 ms at 2 ms: due at 7, then every 5 ms until the boost ends.
+	// Boosted x4 for 30 ms at 2 ms: due at once, then every 5 ms until the boost ends.
 	if !q.Boost("a", 4, ms(30), t0.Add(ms(2))) {
 		t.Fatal("a boost did not bring the next round forward")
 	}
@@ -56,11 +56,18 @@ func TestQueueBoost(t *testing.T) {
 			at = append(at, now)
 		}
 	}
-	if want := []int{7, 12, 17, 22, 27, 32, 52, 72}; !slices.Equal(at, want) {
+	if want := []int{2, 7, 12, 17, 22, 27, 32, 52, 72}; !slices.Equal(at, want) {
 		t.Errorf("fired at %v, want %v", at, want)
 	}
 	if q.Boosted("a", t0.Add(ms(33))) || !q.Boosted("a", t0.Add(ms(31))) {
 		t.Errorf("Boosted: the boost ends at 32ms")
+	}
+	// Renewed while it runs, a boost is only extended: not due at once again.
+	q.Boost("a", 4, ms(30), t0.Add(ms(80)))
+	due(q, t0.Add(ms(80)))
+	q.Boost("a", 4, ms(30), t0.Add(ms(81)))
+	if got := due(q, t0.Add(ms(81))); len(got) != 0 {
+		t.Errorf("a renewed boost fired at once")
 	}
 }
 
@@ -75,12 +82,12 @@ func TestQueueRequeueAt(t *testing.T) {
 		t.Fatalf("next %v, want the asked 150ms", next.Sub(t0))
 	}
 	q.Boost("a", 4, ms(100), t0.Add(ms(10)))
-	if next, _ := q.Next(); !next.Equal(t0.Add(ms(15))) {
-		t.Fatalf("boosted: next %v, want 15ms", next.Sub(t0))
+	if next, _ := q.Next(); !next.Equal(t0.Add(ms(10))) {
+		t.Fatalf("boosted: next %v, want at once (10ms)", next.Sub(t0))
 	}
-	q.Due(t0.Add(ms(15)), func(string) time.Time { return ask })
-	if next, _ := q.Next(); !next.Equal(t0.Add(ms(20))) {
-		t.Errorf("boosted: next %v, want the cadence's 20ms, before the asked 150ms", next.Sub(t0))
+	q.Due(t0.Add(ms(10)), func(string) time.Time { return ask })
+	if next, _ := q.Next(); !next.Equal(t0.Add(ms(15))) {
+		t.Errorf("boosted: next %v, want the cadence's 15ms, before the asked 150ms", next.Sub(t0))
 	}
 }
 
