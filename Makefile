@@ -86,9 +86,12 @@ bench-plugin: ## ServeDNS with and without pulse (benchstat; BASE_REF=ref compar
 bench-watch: build-coredns ## CPU per tick of serving 0, 1, 2, 10 heartbeat streams (GET /pulse?watch=1).
 	COREDNS_BIN=$(abspath $(BIN)/coredns) hack/bench-watch.sh
 
-.PHONY: bench-detect
-bench-detect: ## Healer detection per fault class, flapping, benign situations, healthy soak (SOAK=10m, HOG=2 for a busy machine), CPU/memory at 100 targets.
+.PHONY: bench-detect bench-scale
+bench-detect: ## Healer detection per fault class, flapping, benign situations, healthy soak (SOAK=10m, HOG=2 for a busy machine).
 	hack/bench-detect.sh
+
+bench-scale: build ## The healer with 100 and 1,000 simulated replicas, stream vs poll: CPU, memory, probes/s, heartbeat bytes/s, hang detection (SIZES, ROUNDS, DESIGNS, PROFILE=dir).
+	BIN=$(BIN) SIZES=$(SIZES) ROUNDS=$(ROUNDS) WINDOW=$(WINDOW) INJECTIONS=$(INJECTIONS) DESIGNS='$(DESIGNS)' PROFILE=$(PROFILE) hack/bench-scale.sh
 
 .PHONY: bench-e2e
 bench-e2e: cluster-bins build ## In-cluster healing: each fault class ROUNDS times (default 10), fault to verdict/drained/replacement (root).

@@ -3,16 +3,15 @@
 # real healer in static dry-run mode (test/healer, build tag integration).
 #   1. per fault class, INJECTIONS injections: time from the fault to the degraded audit line;
 #   2. a healthy soak of SOAK under dnsperf load, counting false verdicts and actions;
-#   3. the healer's CPU and memory with 100 targets probed every 20 ms (light in-process
-#      DNS and /pulse responders).
+#   3. (the healer's CPU and memory with 100 and 1,000 replicas: make bench-scale)
 # The results replace the "Healer detection" section of BENCHMARKS.md (other sections are
 # left alone).
 #   4. flapping (a replica hung 300 ms every 2 s) and benign situations held BENIGN each
 #      (a client's SERVFAIL storm, an NXDOMAIN storm, a round-robin name, an upstream outage
 #      reaching cached replicas apart): no degraded state, no action.
-#   SOAK=10m (default) | SHORT=1 (SOAK=1m) | INJECTIONS=20 | SOAK_QPS=500 | SCALE_WINDOW=20s
+#   SOAK=10m (default) | SHORT=1 (SOAK=1m) | INJECTIONS=20 | SOAK_QPS=500
 #   BENIGN=30s | FLAP_ROUNDS=5 | HOG=N: N busy loops beside everything (a busy machine)
-#   ONLY=Detect|Flapping|Benign|Soak|Scale (a regexp of the tests to run; default all)
+#   ONLY=Detect|Flapping|Benign|Soak (a regexp of the tests to run; default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,11 +19,10 @@ INJECTIONS=${INJECTIONS:-20}
 SOAK=${SOAK:-10m}
 [[ -n ${SHORT:-} ]] && SOAK=${SHORT_SOAK:-1m}
 SOAK_QPS=${SOAK_QPS:-500}
-SCALE_WINDOW=${SCALE_WINDOW:-20s}
 BENIGN=${BENIGN:-30s}
 FLAP_ROUNDS=${FLAP_ROUNDS:-5}
 HOG=${HOG:-0}
-ONLY=${ONLY:-Detect|Flapping|Benign|Soak|Scale}
+ONLY=${ONLY:-Detect|Flapping|Benign|Soak}
 OUT_MD=${OUT_MD:-BENCHMARKS.md}
 # On a shared machine the benchmark runs at a higher priority (as a Kubernetes CPU request
 # would give CoreDNS and the healer), so that a healthy soak does not measure other
@@ -63,7 +61,7 @@ cmd="make bench-detect SOAK=$SOAK INJECTIONS=$INJECTIONS SOAK_QPS=$SOAK_QPS NICE
 echo "bench-detect: $cmd (log: $log)"
 status=0
 BENCH_DETECT=1 BENCH_OUT=$frag BENCH_INJECTIONS=$INJECTIONS BENCH_SOAK=$SOAK BENCH_SOAK_QPS=$SOAK_QPS \
-	BENCH_SCALE_WINDOW=$SCALE_WINDOW BENCH_BENIGN=$BENIGN BENCH_FLAP_ROUNDS=$FLAP_ROUNDS \
+	BENCH_BENIGN=$BENIGN BENCH_FLAP_ROUNDS=$FLAP_ROUNDS \
 	${NICE:+nice -n $NICE} $GO test -count=1 -timeout 120m -tags integration -run "TestBench($ONLY)\$" -v ./test/healer 2>&1 | tee "$log" || status=$?
 
 section=$(mktemp)

@@ -283,6 +283,7 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 		"retry-backoff-max": v.str("remediation.retryBackoffMax"),
 		"max-probe-qps":     v.str("probe.maxQPS"),
 		"pulse-interval":    v.str("pulse.interval"),
+		"pulse-stream":      v.str("pulse.stream"),
 		"pulse-timeout":     v.str("pulse.timeout"),
 		"pulse-port":        v.str("coredns.pulsePort"),
 		"dry-run":           v.str("remediation.dryRun"),
@@ -340,6 +341,11 @@ func checkArgs(t *testing.T, d *appsv1.Deployment, vals map[string]any) {
 		if kc := v.str("kubeconfig"); kc != "" {
 			want["kubeconfig"] = kc
 		}
+	}
+	if pp := v.str("metrics.pprofPort"); pp != "0" {
+		want["pprof-addr"] = "127.0.0.1:" + pp
+	} else if _, ok := got["pprof-addr"]; ok {
+		t.Error("--pprof-addr passed with metrics.pprofPort 0")
 	}
 	if re := v.str("static.remediateExec"); re != "" {
 		want["remediate-exec"] = re
@@ -604,7 +610,8 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		{"negative replicas", map[string]any{"replicaCount": -1}, "replicaCount"},
 		{"duration as number", map[string]any{"probe": map[string]any{"interval": 20}}, "interval"},
 		{"duration not a duration", map[string]any{"probe": map[string]any{"timeout": "fast"}}, "timeout"},
-		{"qps zero", map[string]any{"probe": map[string]any{"maxQPS": 0}}, "maxQPS"},
+		{"qps negative", map[string]any{"probe": map[string]any{"maxQPS": -1}}, "maxQPS"},
+		{"pprof port out of range", map[string]any{"metrics": map[string]any{"pprofPort": 70000}}, "pprofPort"},
 		{"port out of range", map[string]any{"coredns": map[string]any{"pulsePort": 70000}}, "pulsePort"},
 		{"bool as string", map[string]any{"remediation": map[string]any{"dryRun": "yes"}}, "dryRun"},
 		{"negative min-available", map[string]any{"remediation": map[string]any{"minAvailable": -1}}, "minAvailable"},

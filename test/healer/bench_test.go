@@ -6,14 +6,12 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -343,96 +341,6 @@ func TestBenchSoak(t *testing.T) {
 		soak, qps, strings.Join(sent, "; "), verdicts, globals, actions, suspects))
 	if verdicts+globals+actions > 0 {
 		t.Errorf("%d degraded, %d global verdicts and %d actions in a healthy soak", verdicts, globals, actions)
-	}
-}
-
-// TestBenchScale runs the real healer against 100 light in-process DNS responders (and,
-// with BENCH_SCALE_PULSE=1, 100 /pulse responders) probed every 20 ms, and measures its CPU
-// and memory from /proc.
-func TestBenchScale(t *testing.T) {
-	benchEnabled(t)
-	targets := envInt("BENCH_SCALE_TARGETS", 100)
-	window := envDuration("BENCH_SCALE_WINDOW", 20*time.Second)
-	report(t, "\n| healer load | targets | probes/s answered | /pulse polls/s | healer CPU (cores) | RSS MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|")
-	type config struct {
-		pulse      bool
-		gomaxprocs int // 0: Go's default (the CPUs, or the cgroup's CPU limit)
-	}
-	for _, cfg := range []config{{false, 0}, {false, 1}, {true, 0}, {true, 1}} {
-		withPulse := cfg.pulse
-		name := "probes only"
-		if withPulse {
-			name = "probes + /pulse polls"
-		}
-		procs := "default"
-		if cfg.gomaxprocs > 0 {
-			procs = strconv.Itoa(cfg.gomaxprocs)
-		}
-		name += ", GOMAXPROCS=" + procs
-		t.Run(name, func(t *testing.T) {
-			var answered atomic.Int64
-			var polled atomic.Int64
-			hbBody := []byte(`{"version":1,"replica":"r","seq":1,"time":"2026-01-01T00:00:00Z","started":"2026-01-01T00:00:00Z","tick":"20ms","windows":{"1s":{"queries":50,"rcodes":{"NOERROR":50},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0},"10s":{"queries":500,"rcodes":{"NOERROR":500},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0},"60s":{"queries":3000,"rcodes":{"NOERROR":3000},"dropped":0,"latencyMicros":{"p50":100,"p90":200,"p99":300,"max":400},"rcodeEntropy":0,"nxdomainRatio":0,"servfailRatio":0,"servfailSourceEntropy":0}},"selfProbe":{"ok":true,"rcode":"NOERROR","latencyMicros":100,"time":"2026-01-01T00:00:00Z"},"verdict":"healthy","reasons":[]}`)
-			var seq atomic.Uint64
-			args := []string{"--check", "probe.test/A", "--dry-run", "--audit-log", filepath.Join(t.TempDir(), "audit.log"),
-				"--metrics-addr", "127.0.0.1:0", "--probe-interval", "20ms", "--pulse-interval", "20ms",
-				"--max-probe-qps", strconv.Itoa(targets * 50 * 2)}
-			for i := 0; i < targets; i++ {
-				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-					answered.Add(1)
-					m := new(dns.Msg)
-					m.SetReply(r)
-					m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.IPv4(10, 0, 0, 1)})
-					_ = w.WriteMsg(m)
-				})}
-				go func() { _ = srv.ActivateAndServe() }()
-				t.Cleanup(func() { _ = srv.Shutdown() })
-				target := fmt.Sprintf("r%03d=%s", i, pc.LocalAddr())
-				if withPulse {
-					ln, err := net.Listen("tcp", "127.0.0.1:0")
-					if err != nil {
-						t.Fatal(err)
-					}
-					hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-						polled.Add(1)
-						// A moving seq, as a live replica's.
-						s := seq.Add(1)
-						_, _ = w.Write([]byte(strings.Replace(string(hbBody), `"seq":1`, `"seq":`+strconv.FormatUint(s, 10), 1)))
-					})}
-					go func() { _ = hs.Serve(ln) }()
-					t.Cleanup(func() { _ = hs.Close() })
-					target += "@" + ln.Addr().String()
-				}
-				args = append(args, "--target", target)
-			}
-			cmd := exec.Command(healerBin, args...)
-			if cfg.gomaxprocs > 0 {
-				cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(cfg.gomaxprocs))
-			}
-			logf, _ := os.Create(filepath.Join(t.TempDir(), "healer.log"))
-			cmd.Stdout, cmd.Stderr = logf, logf
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-			pid := cmd.Process.Pid
-			waitFor(t, 30*time.Second, "probes flowing", func() bool { return answered.Load() > int64(targets)*10 })
-			warm := time.NewTimer(3 * time.Second) // steady state before measuring
-			<-warm.C
-			cpu0, q0, p0, t0 := procCPU(t, pid), answered.Load(), polled.Load(), time.Now()
-			end := time.NewTimer(window)
-			<-end.C
-			cpu1, q1, p1, t1 := procCPU(t, pid), answered.Load(), polled.Load(), time.Now()
-			el := t1.Sub(t0).Seconds()
-			cores := (cpu1 - cpu0).Seconds() / el
-			rss, hwm := procMem(t, pid)
-			report(t, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.3f | %.1f | %.1f |", name, targets,
-				float64(q1-q0)/el, float64(p1-p0)/el, cores, float64(rss)/1024, float64(hwm)/1024))
-		})
 	}
 }
 

@@ -79,6 +79,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.Error("engine", "err", err)
 		return 1
 	}
+	if cfg.PprofAddr != "" {
+		if err := listenPprof(ctx, cfg.PprofAddr, logger); err != nil {
+			logger.Error("cannot listen", "flag", "--pprof-addr", "err", err)
+			return 1
+		}
+	}
 	logger.Info("healer starting", "mode", mode.Name, "dryRun", cfg.Guards.DryRun, "metrics", cfg.MetricsAddr)
 	if err := eng.Run(ctx); err != nil {
 		logger.Error("healer stopped", "err", err)

@@ -36,6 +36,8 @@ type Config struct {
 	AuditLog string `json:"auditLog"`
 	// MetricsAddr serves /metrics, /healthz and /readyz; "" serves nothing (--metrics-addr).
 	MetricsAddr string `json:"metricsAddr"`
+	// PprofAddr serves Go's profiles (/debug/pprof/); "" serves nothing (--pprof-addr).
+	PprofAddr string `json:"pprofAddr"`
 
 	// File is the --config file, "" for none; Version is --version.
 	File    string `json:"-"`
@@ -54,13 +56,20 @@ type Probe struct {
 	// adaptive timeout, clamp(8 x the replica's own latency, MinTimeout, Timeout).
 	Timeout    Duration `json:"timeout"`
 	MinTimeout Duration `json:"minTimeout"`
-	// MaxQPS caps the probes of all replicas and checks together (--max-probe-qps).
+	// MaxQPS caps the probes of all replicas and checks together (--max-probe-qps); 0
+	// sets no cap but the schedule itself (replicas x checks / Interval). A cap below the
+	// schedule probes every replica less often, evenly, and says so at start-up.
 	MaxQPS int `json:"maxQPS"`
 }
 
 // Heartbeat is the internal view's schedule (package hbreader).
 type Heartbeat struct {
-	// Interval between two reads of a replica's heartbeat (--pulse-interval).
+	// Stream watches every replica's heartbeat as a stream (GET /pulse?watch=1), polling
+	// only an older pulse and a suspect replica; false polls every replica every Interval
+	// (--pulse-stream).
+	Stream bool `json:"stream"`
+	// Interval between two polls of a replica's heartbeat, and between two reports of a
+	// stalled stream (--pulse-interval).
 	Interval   Duration `json:"interval"`
 	Timeout    Duration `json:"timeout"`
 	MinTimeout Duration `json:"minTimeout"`
@@ -168,9 +177,10 @@ func Default() *Config {
 	return &Config{
 		Probe: Probe{
 			Interval: D(20 * time.Millisecond), Timeout: D(100 * time.Millisecond), MinTimeout: D(40 * time.Millisecond),
-			MaxQPS: 500,
+			MaxQPS: 0,
 		},
 		Heartbeat: Heartbeat{
+			Stream:   true,
 			Interval: D(20 * time.Millisecond), Timeout: D(100 * time.Millisecond), MinTimeout: D(40 * time.Millisecond),
 			Port: 9155,
 		},

@@ -37,7 +37,7 @@ func TestEveryBriefFlagExists(t *testing.T) {
 	}
 	o := Default()
 	k := o.Kubernetes
-	if o.Probe.Interval.D() != 20*time.Millisecond || o.Probe.Timeout.D() != 100*time.Millisecond || o.Probe.MaxQPS != 500 ||
+	if o.Probe.Interval.D() != 20*time.Millisecond || o.Probe.Timeout.D() != 100*time.Millisecond || o.Probe.MaxQPS != 0 ||
 		o.Heartbeat.Port != 9155 || o.AuditLog != "-" || o.MetricsAddr != ":9156" || k.Namespace != "kube-system" ||
 		k.Selector != "k8s-app=kube-dns" || k.Service != "kube-dns" || !k.Canary.Enabled || k.Canary.Service != "dnspulse-canary" ||
 		k.Canary.Interval.D() != 5*time.Second || k.Canary.MaxLag.D() != 3*time.Second || o.Guards.MinAvailable != 1 || o.Guards.MaxDegraded != 1 ||
@@ -68,7 +68,7 @@ func TestStaticTargets(t *testing.T) {
 
 func TestValidateReportsEveryProblem(t *testing.T) {
 	_, err := parse(t, "--target", "nope", "--target", "b=127.0.0.1:99999", "--check", "x/BOGUS",
-		"--probe-interval", "0s", "--max-probe-qps", "0", "--max-degraded", "0", "--pulse-port", "70000")
+		"--probe-interval", "0s", "--max-probe-qps", "-1", "--max-degraded", "0", "--pulse-port", "70000")
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -78,12 +78,25 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		}
 	}
 	o := Default()
-	o.Probe.Interval, o.Probe.MaxQPS, o.Guards.MaxDegraded, o.Heartbeat.Port, o.Static.RemediateExec = 0, 0, 0, 70000, "x"
+	o.Probe.Interval, o.Probe.MaxQPS, o.Guards.MaxDegraded, o.Heartbeat.Port, o.Static.RemediateExec = 0, -1, 0, 70000, "x"
+	o.PprofAddr = "6060"
 	err = o.Validate()
-	for _, want := range []string{"--probe-interval", "--max-probe-qps", "--max-degraded", "--pulse-port", "--remediate-exec"} {
+	for _, want := range []string{"--probe-interval", "--max-probe-qps", "--max-degraded", "--pulse-port", "--remediate-exec", "--pprof-addr"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}
+	}
+}
+
+// Streams by default; --pulse-stream=false polls; no profiles unless asked.
+func TestHeartbeatStreamAndPprofDefaults(t *testing.T) {
+	o := Default()
+	if !o.Heartbeat.Stream || o.PprofAddr != "" || o.Probe.MaxQPS != 0 {
+		t.Errorf("defaults: stream %v, pprof %q, max-probe-qps %d", o.Heartbeat.Stream, o.PprofAddr, o.Probe.MaxQPS)
+	}
+	c, err := parse(t, "--target", "a=127.0.0.1:53", "--check", "x.example", "--pulse-stream=false", "--pprof-addr", "127.0.0.1:6060")
+	if err != nil || c.Heartbeat.Stream || c.PprofAddr != "127.0.0.1:6060" {
+		t.Errorf("flags: stream %v, pprof %q, err %v", c.Heartbeat.Stream, c.PprofAddr, err)
 	}
 }
 

@@ -13,11 +13,12 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(&p.Interval, "probe-interval", "time between two probes of a replica, per check")
 	fs.Var(&p.Timeout, "probe-timeout", "hard timeout of one probe")
 	fs.Var(&p.MinTimeout, "probe-min-timeout", "floor of the adaptive probe timeout (8 x the replica's own latency, at most --probe-timeout)")
-	fs.IntVar(&p.MaxQPS, "max-probe-qps", p.MaxQPS, "cap on the probes per second of all replicas and checks together")
+	fs.IntVar(&p.MaxQPS, "max-probe-qps", p.MaxQPS, "cap on the probes per second of all replicas and checks together; 0: none but the schedule (replicas x checks / --probe-interval); below that, every replica is probed less often (said at start-up)")
 
 	h := &c.Heartbeat
-	fs.Var(&h.Interval, "pulse-interval", "time between two polls of a replica's /pulse")
-	fs.Var(&h.Timeout, "pulse-timeout", "hard timeout of one /pulse poll")
+	fs.BoolVar(&h.Stream, "pulse-stream", h.Stream, "watch every replica's heartbeat as a stream (GET /pulse?watch=1), polling only an older pulse and a suspect replica; false polls every replica every --pulse-interval")
+	fs.Var(&h.Interval, "pulse-interval", "time between two polls of a replica's /pulse (an older pulse, a suspect replica, or --pulse-stream=false)")
+	fs.Var(&h.Timeout, "pulse-timeout", "hard timeout of one /pulse poll, and of opening a stream")
 	fs.Var(&h.MinTimeout, "pulse-min-timeout", "floor of the adaptive /pulse timeout")
 	fs.IntVar(&h.Port, "pulse-port", h.Port, "pulse listener port of the CoreDNS pods (pod annotation dnspulse.io/pulse-port overrides)")
 
@@ -38,6 +39,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, `file the audit log (JSON lines) is appended to; "-" is stdout`)
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "HOST:PORT serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, `HOST:PORT serving Go's profiles at /debug/pprof/ (e.g. 127.0.0.1:6060); "" serves none`)
 
 	k := &c.Kubernetes
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", k.Kubeconfig, "kubeconfig file (default: in-cluster config)")

@@ -38,8 +38,8 @@ func (c *Config) Validate() error {
 			bad(f.flag, "must be >= 0")
 		}
 	}
-	if c.Probe.MaxQPS < 1 {
-		bad("max-probe-qps", fmt.Sprintf("must be >= 1, got %d", c.Probe.MaxQPS))
+	if c.Probe.MaxQPS < 0 {
+		bad("max-probe-qps", fmt.Sprintf("must be >= 0 (0: no cap), got %d", c.Probe.MaxQPS))
 	}
 	if c.Heartbeat.Port < 1 || c.Heartbeat.Port > 65535 {
 		bad("pulse-port", fmt.Sprintf("%d out of [1,65535]", c.Heartbeat.Port))
@@ -68,9 +68,9 @@ func (c *Config) Validate() error {
 	if n := len(c.CheckList) + 1; n > maxChecks {
 		bad("check", fmt.Sprintf("%d checks (with the canary's): at most %d", n, maxChecks))
 	}
-	if c.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			bad("metrics-addr", err.Error())
+	for flag, addr := range map[string]string{"metrics-addr": c.MetricsAddr, "pprof-addr": c.PprofAddr} {
+		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
+			bad(flag, err.Error())
 		}
 	}
 	if c.AuditLog == "" {

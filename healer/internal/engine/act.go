@@ -33,6 +33,7 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 		if r == nil {
 			continue
 		}
+		e.moveState(r, tr.To)
 		if (tr.To == api.Suspect || tr.To == api.Degraded) && e.mayBoost(r, tr.At) {
 			// Sharper evidence, sooner: confirm or clear the suspicion at 4x the rate.
 			e.probes.Boost(tr.Replica, boostFor)
@@ -91,24 +92,60 @@ func (e *Engine) checkChanges() {
 }
 
 // mayBoost bounds the replicas probed faster at once (a tenth of them, at least two), so
-// that a noisy fleet cannot multiply the healer's load (and its own noise) by four.
+// that a noisy fleet cannot multiply the healer's load (and its own noise) by four. Every
+// boost lasts boostFor, so they end in the order they began: a queue counts them without
+// a pass over the fleet per transition.
 func (e *Engine) mayBoost(r *replicaState, now time.Time) bool {
-	active := 0
-	for _, p := range e.order {
-		if p != r && now.Before(p.boostedUntil) {
-			active++
+	for len(e.boosts) > 0 && !now.Before(e.boosts[0].until) {
+		if b := e.boosts[0]; b.r.boostedUntil.Equal(b.until) {
+			e.boosted-- // its latest boost ended (an earlier one of a re-boosted replica does not count)
 		}
+		e.boosts = e.boosts[1:]
+	}
+	active := e.boosted
+	if now.Before(r.boostedUntil) {
+		active-- // r itself
 	}
 	if active >= max(2, len(e.order)/10) {
 		return false
 	}
+	if !now.Before(r.boostedUntil) {
+		e.boosted++
+	}
 	r.boostedUntil = now.Add(boostFor)
+	e.boosts = append(e.boosts, boost{r: r, until: r.boostedUntil})
 	return true
+}
+
+// boost is one replica's boost and when it ends.
+type boost struct {
+	r     *replicaState
+	until time.Time
+}
+
+// unboost forgets a replica that is gone.
+func (e *Engine) unboost(r *replicaState) {
+	if e.now().Before(r.boostedUntil) {
+		e.boosted--
+	}
+	r.boostedUntil = time.Time{}
+}
+
+// moveState keeps the engine's count of replicas per state (what global and remediate
+// look at) as the detector's transitions move them: a judgment every few milliseconds
+// must not look up every replica's state to find none degraded.
+func (e *Engine) moveState(r *replicaState, to api.State) {
+	e.inState[r.state]--
+	r.state = to
+	e.inState[to]++
 }
 
 // global writes one "global" line when every replica starts failing together, and one
 // when that ends: the alert, since no replica is evicted for it (R4).
 func (e *Engine) global() {
+	if e.inState[api.Global] == 0 && len(e.globalSet) == 0 {
+		return
+	}
 	var set []string
 	for _, r := range e.order {
 		if e.det.State(r.target.Name) == api.Global {

@@ -80,6 +80,7 @@ type Engine struct {
 
 	replicas  map[string]*replicaState
 	order     []*replicaState // by name, as discovery lists them
+	inState   map[api.State]int
 	globalSet []string
 	drainer   replica.Drainer
 
@@ -88,8 +89,13 @@ type Engine struct {
 	memoryCh    chan memoryLoad
 
 	outcomes chan op
-	probeCh  chan probe.Result
-	readCh   chan hbreader.Result
+	// The batches taken from the views' mailboxes, handed back at the next take.
+	probeBuf []probe.Result
+	readBuf  []hbreader.Result
+	// boosts are the replicas probed and read faster, in the order their boosts end
+	// (mayBoost): how many are boosted is known without a pass over the fleet.
+	boosts  []boost
+	boosted int
 }
 
 // SkippedProbes counts probes not sent because of the qps cap or the in-flight bound.
@@ -117,16 +123,18 @@ func New(cfg Config, mode Mode) (*Engine, error) {
 	if cfg.SyncEvery <= 0 {
 		cfg.SyncEvery = 250 * time.Millisecond
 	}
-	probeCh := make(chan probe.Result, 1024)
-	readCh := make(chan hbreader.Result, 256)
-	probes := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness, probeCh)
+	probes, err := probe.NewPool(cfg.Probe, cfg.Checks, mode.Freshness)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
 	return &Engine{
 		cfg: cfg, mode: mode, log: cfg.Logger, now: cfg.Now,
-		probeCh: probeCh, readCh: readCh, probes: probes,
-		reads:    hbreader.NewPool(cfg.Heartbeat, readCh),
+		probes:   probes,
+		reads:    hbreader.NewPool(cfg.Heartbeat),
 		det:      detect.New(cfg.Thresholds, probes.Checks(), cfg.Guards.WarmUp.D()),
 		guards:   newGuards(cfg.Guards),
 		replicas: map[string]*replicaState{},
+		inState:  map[api.State]int{},
 		drainer:  mode.Drainer,
 		outcomes: make(chan op, 1),
 		memoryCh: make(chan memoryLoad, 1),
@@ -212,11 +220,19 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case err := <-errc:
 			return err
-		case r := <-e.probeCh:
-			e.observeProbe(r)
+		case <-e.probes.Results.Ready():
+			// Everything the probes sent since the last take, at once: one wake-up per
+			// batch, and the probes never wait for the engine.
+			e.probeBuf = e.probes.Results.Take(e.probeBuf)
+			for i := range e.probeBuf {
+				e.observeProbe(&e.probeBuf[i])
+			}
 			soon()
-		case r := <-e.readCh:
-			e.observeHeartbeat(r)
+		case <-e.reads.Results.Ready():
+			e.readBuf = e.reads.Results.Take(e.readBuf)
+			for i := range e.readBuf {
+				e.observeHeartbeat(&e.readBuf[i])
+			}
 			soon()
 		case <-evalTimer.C:
 			timerArmed = false
@@ -241,30 +257,16 @@ func checkNames(cs []check.Check) []string {
 	return out
 }
 
-func (e *Engine) observeProbe(r probe.Result) {
-	m := e.cfg.Metrics
-	result := "ok"
-	switch {
-	case r.Late:
-		result = "late"
-	case r.Timeout:
-		result = "timeout"
-	case r.Err != nil:
-		result = "error"
-	case r.Failure != "":
-		result = "failure"
+func (e *Engine) observeProbe(r *probe.Result) {
+	if rs := e.replicas[r.Replica]; rs != nil {
+		rs.metrics.probe(e.cfg.Metrics, r)
 	}
-	m.Probes.WithLabelValues(r.Replica, result).Inc()
-	if r.Err == nil {
-		m.ProbeLatency.WithLabelValues(r.Replica).Observe(r.Latency.Seconds())
-	}
-	e.det.ObserveProbe(r)
+	e.det.ObserveProbe(*r)
 }
 
-func (e *Engine) observeHeartbeat(r hbreader.Result) {
-	e.cfg.Metrics.Pulses.WithLabelValues(r.Replica, r.Kind.String()).Inc()
-	if r.Kind == hbreader.Invalid {
-		e.cfg.Metrics.HeartbeatInvalid.WithLabelValues(r.Replica).Inc()
+func (e *Engine) observeHeartbeat(r *hbreader.Result) {
+	if rs := e.replicas[r.Replica]; rs != nil {
+		rs.metrics.heartbeat(e.cfg.Metrics, r)
 	}
-	e.det.ObserveHeartbeat(r)
+	e.det.ObserveHeartbeat(*r)
 }

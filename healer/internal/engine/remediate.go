@@ -61,6 +61,9 @@ func (e *Engine) remediate(ctx context.Context, now time.Time) {
 			return
 		}
 	}
+	if e.inState[api.Degraded] == 0 {
+		return // nothing below applies but to a degraded replica
+	}
 	var f fleet
 	counted := false
 	for _, r := range e.order {

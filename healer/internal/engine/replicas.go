@@ -15,6 +15,8 @@ import (
 // when the replica is gone. (Its evidence and state are the detector's.)
 type replicaState struct {
 	target replica.Target
+	// state is the detector's, as its transitions said (Engine.moveState).
+	state api.State
 	// readyAt is when the replica was first seen Ready here (G3): a readiness flap later
 	// does not make it fresh again.
 	readyAt time.Time
@@ -36,6 +38,8 @@ type replicaState struct {
 	drains  []time.Time
 	// partitionReported: its partition (G13) was reported in this episode.
 	partitionReported bool
+	// metrics are its per-result series, looked up once.
+	metrics replicaMetrics
 }
 
 // enterDegraded records an entry into degraded at now and says whether the replica is
@@ -75,7 +79,8 @@ func (e *Engine) sync(ctx context.Context) {
 		seen[t.Name] = true
 		r, ok := e.replicas[t.Name]
 		if !ok {
-			r = &replicaState{}
+			r = &replicaState{state: api.Unknown}
+			e.inState[api.Unknown]++
 			e.replicas[t.Name] = r
 			e.cfg.Audit.Info(audit.EventReplica, t.Name, map[string]any{
 				"replica": t.Name, "dns": t.DNSAddr, "pulse": t.PulseAddr, "ready": t.Ready, "remediable": t.Remediable, "why": t.Why,
@@ -88,8 +93,10 @@ func (e *Engine) sync(ctx context.Context) {
 		r.target = t
 		order = append(order, r)
 	}
-	for name := range e.replicas {
+	for name, r := range e.replicas {
 		if !seen[name] {
+			e.unboost(r)
+			e.inState[r.state]--
 			delete(e.replicas, name)
 			e.cfg.Metrics.Forget(name)
 			e.cfg.Audit.Info(audit.EventReplicaGone, name, map[string]any{"replica": name})
@@ -99,24 +106,21 @@ func (e *Engine) sync(ctx context.Context) {
 	e.det.SetTargets(ts, now)
 	e.probes.Sync(ctx, ts)
 	e.reads.Sync(ctx, ts)
-	e.warnProbeBudget(len(ts))
+	e.reportProbeSchedule()
 }
 
-// warnProbeBudget says so when the schedule asks for more probes than --max-probe-qps
-// allows: the cap skips probes rather than delaying them, so every replica is then probed
-// less often than --probe-interval.
-func (e *Engine) warnProbeBudget(n int) {
-	pc := e.cfg.Probe
+// reportProbeSchedule says what the probes keep: every replica every --probe-interval, or,
+// when --max-probe-qps cannot pay for that, every replica less often (evenly): then a
+// warning and an audit line, since detection is slower by as much.
+func (e *Engine) reportProbeSchedule() {
+	iv, n, qps := e.probes.Schedule()
 	checks := len(e.probes.Checks())
-	if pc.Interval <= 0 || pc.MaxQPS <= 0 {
+	if want := e.cfg.Probe.Interval.D(); iv > want {
+		msg := fmt.Sprintf("%d replicas x %d checks every %s would be %.0f probes/s, above --max-probe-qps %d: every replica is probed every %s instead",
+			n, checks, want, float64(n*checks)/want.Seconds(), e.cfg.Probe.MaxQPS, iv)
+		e.log.Warn(msg)
+		e.cfg.Audit.Info(audit.EventProbeQPSCap, msg, nil)
 		return
 	}
-	want := float64(n*checks) / pc.Interval.D().Seconds()
-	if want <= float64(pc.MaxQPS) {
-		return
-	}
-	msg := fmt.Sprintf("%d replicas x %d checks every %s want %.0f probes/s, above --max-probe-qps %d: probes will be skipped",
-		n, checks, pc.Interval.D(), want, pc.MaxQPS)
-	e.log.Warn(msg)
-	e.cfg.Audit.Info(audit.EventProbeQPSCap, msg, nil)
+	e.log.Info("probe schedule", "replicas", n, "checks", checks, "every", iv, "probesPerSecond", int(qps))
 }

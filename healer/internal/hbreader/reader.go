@@ -1,6 +1,18 @@
 // Package hbreader is the healer's internal view: it reads every replica's heartbeat (the
-// document the pulse plugin serves at GET /pulse) on a steady schedule (package schedule)
-// and reports each one, or why there was none.
+// document the pulse plugin serves at GET /pulse) and reports each one, or why there was
+// none.
+//
+// A replica's heartbeat is watched as a stream (GET /pulse?watch=1, one line per tick,
+// stream.go): pushed, not polled, so 1,000 replicas cost their ticks, not 50,000 requests a
+// second. A stream that stalls is itself evidence: no line within the tick and a half means
+// the process, or its ticker, is stuck (Unreachable), checked by the shared scheduler at
+// exactly that deadline. A replica boosted for suspicion is also polled (GET /pulse), which
+// answers a hang within the adaptive timeout rather than the stall's tick and a half. An
+// older pulse, one that serves no stream, and --pulse-stream=false are polled every
+// --pulse-interval as before.
+//
+// Results go to a latest-wins Mailbox: a reader never waits for the engine, and a busy
+// engine sees each replica's newest read.
 package hbreader
 
 import (
@@ -70,17 +82,21 @@ const BoostFactor = 4
 type Pool struct {
 	cfg    config.Heartbeat
 	client *http.Client
-	out    chan<- Result
+	// Results receives every read, the latest per replica; the engine takes them.
+	Results *schedule.Mailbox[Result]
 	// Set holds a reader per replica; its Boost reads one replica BoostFactor times as
-	// often for a while.
+	// often for a while (and polls it besides its stream).
 	*schedule.Set[*reader]
-	// Invalid counts bodies that were not a heartbeat.
+	// Invalid counts bodies (or stream lines) that were not a heartbeat.
 	Invalid atomic.Uint64
+	// Lines counts the heartbeats read from streams, Polls the polls sent, Bytes the bytes
+	// of heartbeat read either way.
+	Lines, Polls, Bytes atomic.Uint64
 }
 
-// NewPool makes a pool sending to out. The client keeps connections alive: a read every
-// 20 ms must not cost a TCP handshake.
-func NewPool(cfg config.Heartbeat, out chan<- Result) *Pool {
+// NewPool makes a pool. The client keeps connections alive: a poll every 20 ms must not
+// cost a TCP handshake.
+func NewPool(cfg config.Heartbeat) *Pool {
 	tr := &http.Transport{
 		Proxy:               nil, // straight to the replica, never through a proxy
 		DialContext:         (&net.Dialer{Timeout: cfg.Timeout.D(), KeepAlive: 30 * time.Second}).DialContext,
@@ -89,7 +105,7 @@ func NewPool(cfg config.Heartbeat, out chan<- Result) *Pool {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	p := &Pool{cfg: cfg, client: &http.Client{Transport: tr}, out: out}
+	p := &Pool{cfg: cfg, client: &http.Client{Transport: tr}, Results: schedule.NewLatest(func(r Result) string { return r.Replica })}
 	p.Set = schedule.NewSet(cfg.Interval.D(), BoostFactor, cfg.MinTimeout.D(), cfg.Timeout.D(), p.newReader, (*reader).fire)
 	return p
 }
@@ -100,46 +116,79 @@ func (p *Pool) Sync(ctx context.Context, targets []replica.Target) {
 	p.Set.Sync(ctx, targets, func(t replica.Target) string { return t.PulseAddr })
 }
 
-// reader reads one replica's heartbeat, one read at a time.
+// How a reader reads.
+const (
+	modeStream int32 = iota // a stream, its stall checked by the scheduler (polls while boosted)
+	modePoll                // a poll every interval
+)
+
+// reader reads one replica's heartbeat: its stream (a goroutine of its own) and its polls,
+// one at a time.
 type reader struct {
 	*schedule.Worker
-	pool     *Pool
-	url      string
-	inFlight atomic.Bool
+	pool   *Pool
+	url    string
+	mode   atomic.Int32
+	polled atomic.Bool // a poll in flight
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// lastSign is when the stream last showed life (a line, or the first attempt to open
+	// it); tick the replica's tick, from its last heartbeat.
+	lastSign time.Time
+	tick     time.Duration
+	lateDue  time.Time // the stall deadline last judged late (see checkStall)
+	conn     net.Conn  // the stream's connection while open
+	seq      seqTracker
+	// The last poll's body and heartbeat: a poll that returns the same body is not decoded
+	// again.
 	lastHB   *heartbeat.Heartbeat
 	lastBody []byte
-	seq      seqTracker
+	pollDec  heartbeat.Decoder
 }
 
 func (p *Pool) newReader(w *schedule.Worker) *reader {
-	return &reader{Worker: w, pool: p, url: "http://" + w.Addr + heartbeat.Path}
+	r := &reader{Worker: w, pool: p, url: "http://" + w.Addr + heartbeat.Path, lastSign: time.Now(), tick: defaultTick}
+	if p.cfg.Stream {
+		go r.stream()
+	} else {
+		r.mode.Store(modePoll)
+	}
+	return r
 }
 
-// fire starts one read. One read at a time per replica: a read still waiting will report
-// its own timeout, and a second one would only open another connection.
-func (r *reader) fire() {
-	if r.inFlight.CompareAndSwap(false, true) {
-		go r.readOnce()
+// fire is the scheduler's call: a poll when polling (or boosted), and for a stream the
+// check that its next line is not overdue. It returns when the reader is next due: a
+// stream's stall deadline, or zero for the poll interval.
+func (r *reader) fire() time.Time {
+	if r.mode.Load() == modePoll {
+		r.poll()
+		return time.Time{}
+	}
+	if r.pool.Boosted(r.Name) {
+		r.poll()
+	}
+	return r.checkStall(time.Now())
+}
+
+// poll starts one poll, unless one is in flight: a poll still waiting will report its own
+// timeout, and a second one would only open another connection.
+func (r *reader) poll() {
+	if r.polled.CompareAndSwap(false, true) {
+		go r.pollOnce()
 	}
 }
 
-func (r *reader) readOnce() {
+func (r *reader) pollOnce() {
 	res := r.read()
-	// The slot is free before the result is handed over: a busy engine must not slow the
-	// reading down (the next read may start while this result waits).
-	r.inFlight.Store(false)
+	r.polled.Store(false)
 	if r.Ctx.Err() != nil {
 		return
 	}
-	select {
-	case r.pool.out <- res:
-	case <-r.Ctx.Done():
-	}
+	r.pool.Results.Put(res)
 }
 
 func (r *reader) read() Result {
+	r.pool.Polls.Add(1)
 	res := Result{Replica: r.Name, Sent: time.Now()}
 	timeout := r.Timeout.Get()
 	ctx, cancel := context.WithTimeout(r.Ctx, timeout)
@@ -163,25 +212,23 @@ func (r *reader) read() Result {
 }
 
 // fetch is Fetch that skips decoding a body identical to the last one: with the plugin's
-// default tick (100 ms) four reads in five at 20 ms return the same heartbeat, and decoding
-// JSON is most of a read's cost.
+// default tick (100 ms) four polls in five at 20 ms return the same heartbeat. A new one is
+// decoded into a fresh Heartbeat (the detector keeps the last it was given).
 func (r *reader) fetch(ctx context.Context) (*heartbeat.Heartbeat, Kind, error) {
 	body, kind, err := get(ctx, r.pool.client, r.url)
 	if err != nil {
 		return nil, kind, err
 	}
+	r.pool.Bytes.Add(uint64(len(body)))
 	r.mu.Lock()
-	last, lastBody := r.lastHB, r.lastBody
-	r.mu.Unlock()
-	if last != nil && bytes.Equal(body, lastBody) {
-		return last, OK, nil
+	defer r.mu.Unlock()
+	if r.lastHB != nil && bytes.Equal(body, r.lastBody) {
+		return r.lastHB, OK, nil
 	}
-	hb, err := heartbeat.Parse(body)
-	if err != nil {
+	hb := new(heartbeat.Heartbeat)
+	if err := r.pollDec.Decode(body, hb); err != nil {
 		return nil, Invalid, err
 	}
-	r.mu.Lock()
 	r.lastHB, r.lastBody = hb, body
-	r.mu.Unlock()
 	return hb, OK, nil
 }

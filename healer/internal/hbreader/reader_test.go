@@ -110,8 +110,7 @@ func TestPoolPollsAndCountsInvalid(t *testing.T) {
 	defer foreign.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch := make(chan Result, 100)
-	p := NewPool(config.Heartbeat{Interval: config.D(10 * time.Millisecond), Timeout: config.D(time.Second)}, ch)
+	p := NewPool(config.Heartbeat{Interval: config.D(10 * time.Millisecond), Timeout: config.D(time.Second)})
 	p.Sync(ctx, []replica.Target{
 		{Name: "good", PulseAddr: strings.TrimPrefix(good.URL, "http://")},
 		{Name: "foreign", PulseAddr: strings.TrimPrefix(foreign.URL, "http://")},
@@ -121,8 +120,10 @@ func TestPoolPollsAndCountsInvalid(t *testing.T) {
 	deadline := time.After(10 * time.Second)
 	for len(seen) < 2 {
 		select {
-		case r := <-ch:
-			seen[r.Replica] = r
+		case <-p.Results.Ready():
+			for _, r := range p.Results.Take(nil) {
+				seen[r.Replica] = r
+			}
 		case <-deadline:
 			t.Fatalf("results: %v", seen)
 		}

@@ -1,16 +1,27 @@
 // Package probe is the healer's external view: synthetic queries sent straight to each
-// replica's own address (never the Service VIP) on a steady schedule (package schedule).
+// replica's own address (never the Service VIP), every check every interval.
 //
-// Every probe runs in its own goroutine, so a slow or hung replica never delays the next
-// probe; the number in flight per replica is bounded, and one token bucket caps the
-// queries per second of all probes together so the healer's load on CoreDNS stays
-// negligible however many replicas and checks there are.
+// One goroutine (loop.go) sends and receives every probe of every replica, in passes at
+// most a millisecond apart: it reads the replies waiting in a few shared sockets, judges
+// the probes whose deadlines passed, and sends the probes now due, in batches of dozens per
+// system call (conn.go). A probe is a slot in its replica's ring and an entry in one heap of
+// deadlines: no goroutine, timer or context of its own. Its query was packed once per check
+// (only the ID changes), and a reply that is the same as the previous one from that
+// replica is not unpacked again (wire.go). So a probe costs a few microseconds of CPU, and
+// 1,000 replicas probed every 20 ms fit in a fraction of a core.
+//
+// Results go to a Mailbox the engine empties: a busy engine never delays a probe or its
+// deadline. One token bucket may cap the probes per second of all replicas together
+// (--max-probe-qps); the schedule then stretches rather than skipping probes at random.
 package probe
 
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,155 +75,324 @@ func (r Result) OK() bool { return r.Err == nil && r.Failure == "" }
 // BoostFactor is how much faster a boosted replica is probed (see Pool.Boost).
 const BoostFactor = 4
 
-// Pool probes every replica with every check and sends every result to its channel.
+// errTimeout is what a probe that got no reply in time reports.
+var errTimeout = errors.New("timeout")
+
+// ErrLate is what a probe reports when its deadline was judged much later than it was due
+// (the healer itself was not running: an overloaded node, a long GC), or when the healer
+// could not send it (its own buffers full). Such a probe proves nothing about the replica
+// and is not counted.
+var ErrLate = errors.New("healer stalled past the probe deadline: inconclusive")
+
+// lateWindow is how long after its timeout a probe's reply is still taken as a late reply.
+const lateWindow = time.Second
+
+// Pool probes every replica with every check.
 type Pool struct {
-	cfg         config.Probe
-	checks      []check.Check
-	fresh       replica.FreshnessSource
-	maxInFlight int
-	limiter     *rate.Limiter
-	out         chan<- Result
-	// Set holds a prober per replica; its Boost probes one replica BoostFactor times as
-	// often for a while (the global qps cap still applies).
-	*schedule.Set[*prober]
+	cfg     config.Probe
+	checks  []check.Check
+	queries [][]byte // each check's query packed once, ID 0
+	fresh   replica.FreshnessSource
+	epoch   time.Time // the loop's clock counts nanoseconds since then
+	// Results receives every probe's result; the engine takes them.
+	Results *schedule.Mailbox[Result]
 	// Skipped counts probes not sent because of the qps cap or the in-flight bound.
 	Skipped atomic.Uint64
+
+	start sync.Once
+	ctx   context.Context
+	wake  chan struct{}
+
+	mu      sync.Mutex
+	targets map[string]*target
+	rounds  *schedule.Queue[*target]
+	due     deadlineHeap
+	socks   [2][]*sock // by family: IPv4, IPv6
+	limiter *rate.Limiter
+	// interval is the schedule kept (--probe-interval, or longer under --max-probe-qps);
+	// maxInFlight bounds the probes of one replica awaiting their reply.
+	interval    time.Duration
+	maxInFlight int
+	// pending counts the slots in use (awaiting a reply in time, over TCP, or late): the
+	// loop reads the sockets every pass while any is.
+	pending int
+
+	// Owned by the loop goroutine.
+	out     []Result
+	rmsgs   []inMsg
+	scratch []byte
 }
 
-// NewPool makes a pool that sends results to out (the caller drains it). With fresh set,
-// every replica is also asked the canary's question (type CNAME).
-func NewPool(cfg config.Probe, checks []check.Check, fresh replica.FreshnessSource, out chan<- Result) *Pool {
+// NewPool makes a pool; its first Sync starts it. With fresh set, every replica is also
+// asked the canary's question (type CNAME).
+func NewPool(cfg config.Probe, checks []check.Check, fresh replica.FreshnessSource) (*Pool, error) {
 	checks = append([]check.Check(nil), checks...)
 	if fresh != nil {
 		checks = append(checks, check.Check{Name: dns.Fqdn(fresh.Question()), Type: dns.TypeCNAME, Rcode: dns.RcodeSuccess, Canary: true})
 	}
-	burst := max(cfg.MaxQPS/10, len(checks))
 	p := &Pool{
-		cfg: cfg, checks: checks, fresh: fresh, out: out,
-		maxInFlight: len(checks) * (int(cfg.Timeout/cfg.Interval) + 2),
-		limiter:     rate.NewLimiter(rate.Limit(cfg.MaxQPS), burst),
+		cfg: cfg, checks: checks, fresh: fresh, epoch: time.Now(),
+		Results: schedule.NewMailbox[Result](), wake: make(chan struct{}, 1),
+		targets: map[string]*target{}, rounds: schedule.NewQueue[*target](cfg.Interval.D()),
+		interval: cfg.Interval.D(),
 	}
-	p.Set = schedule.NewSet(cfg.Interval.D(), BoostFactor, cfg.MinTimeout.D(), cfg.Timeout.D(), p.newProber, (*prober).round)
-	return p
+	for _, c := range checks {
+		q, err := packQuery(c)
+		if err != nil {
+			return nil, err
+		}
+		p.queries = append(p.queries, q)
+	}
+	if cfg.MaxQPS > 0 {
+		p.limiter = rate.NewLimiter(rate.Limit(cfg.MaxQPS), max(cfg.MaxQPS/10, len(checks)))
+	}
+	p.maxInFlight = len(checks) * (int(cfg.Timeout.D()/max(cfg.Interval.D(), 1)) + 2)
+	return p, nil
 }
 
 // Checks is the list Result.Check indexes (the configured checks plus the canary).
 func (p *Pool) Checks() []check.Check { return p.checks }
 
+// Schedule is what the pool keeps: every replica probed with every check every interval
+// (longer than --probe-interval only under --max-probe-qps), and the probes per second
+// that makes.
+func (p *Pool) Schedule() (interval time.Duration, replicas int, perSecond float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.targets)
+	return p.interval, n, float64(n*len(p.checks)) / p.interval.Seconds()
+}
+
 // Sync starts probing new replicas (or replicas whose address changed) and stops probing
 // those that are gone. The first call starts the pool, which runs until ctx ends.
 func (p *Pool) Sync(ctx context.Context, targets []replica.Target) {
-	p.Set.Sync(ctx, targets, func(t replica.Target) string { return t.DNSAddr })
-}
-
-// prober probes one replica over one UDP socket (udpMux), opened on the first round and
-// closed when the replica is gone.
-type prober struct {
-	*schedule.Worker
-	pool     *Pool
-	mu       sync.Mutex
-	mux      *udpMux
-	inFlight atomic.Int32
-}
-
-func (p *Pool) newProber(w *schedule.Worker) *prober {
-	pr := &prober{Worker: w, pool: p}
-	context.AfterFunc(w.Ctx, pr.closeMux)
-	return pr
-}
-
-func (pr *prober) closeMux() {
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	if pr.mux != nil {
-		pr.mux.close()
-		pr.mux = nil
-	}
-}
-
-// round sends every check once (each in its own goroutine).
-func (pr *prober) round() {
-	p := pr.pool
-	pr.mu.Lock()
-	if pr.Ctx.Err() != nil {
-		pr.mu.Unlock()
-		return
-	}
-	if pr.mux == nil {
-		m, err := dialMux(pr.Addr)
-		if err != nil {
-			pr.mu.Unlock()
-			for i := range p.checks {
-				go pr.emit(Result{Replica: pr.Name, Check: i, Sent: time.Now(), Err: err, Canary: p.checks[i].Canary})
-			}
-			return
-		}
-		pr.mux = m
-	}
-	mux := pr.mux
-	pr.mu.Unlock()
-	for i := range p.checks {
-		if int(pr.inFlight.Load()) >= p.maxInFlight || !p.limiter.Allow() {
-			p.Skipped.Add(1)
-			continue
-		}
-		pr.inFlight.Add(1)
-		go pr.probe(mux, i)
-	}
-}
-
-func (pr *prober) probe(mux *udpMux, i int) {
-	defer pr.inFlight.Add(-1)
-	ctx := pr.Ctx
-	p := pr.pool
-	// Jitter of up to a tenth of the interval keeps probes of many replicas from
-	// landing in lockstep while the schedule itself stays steady.
-	if j := p.cfg.Interval.D() / 10; j > 0 {
-		t := time.NewTimer(time.Duration(rand.Int64N(int64(j))))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-	c := p.checks[i]
-	q := new(dns.Msg)
-	q.SetQuestion(c.Name, c.Type)
-	q.RecursionDesired = true
-	q.SetEdns0(1232, false)
-
-	pctx, cancel := context.WithTimeout(ctx, pr.Timeout.Get())
-	defer cancel()
-	sent := time.Now()
-	reply, err := mux.exchange(pctx, q, func(reply *dns.Msg, at time.Time) {
-		res := Result{Replica: pr.Name, Check: i, Sent: sent, Latency: at.Sub(sent), LateReply: true, Canary: c.Canary}
-		Judge(&res, c, reply, nil, p.fresh)
-		pr.Timeout.Observe(res.Latency) // the replica's real latency: the timeout follows it
-		go pr.emit(res)                 // the mux's read loop must not wait for the engine
+	p.start.Do(func() {
+		p.ctx = ctx
+		go p.run(ctx)
 	})
-	tcp := false
-	if err == nil && reply.Truncated {
-		tcp = true
-		q.Id = dns.Id()
-		reply, err = exchangeTCP(pctx, pr.Addr, q)
+	want := make(map[string]string, len(targets))
+	for _, t := range targets {
+		if t.DNSAddr != "" {
+			want[t.Name] = t.DNSAddr
+		}
 	}
-	res := Result{Replica: pr.Name, Check: i, Sent: sent, Latency: time.Since(sent), TCP: tcp, Canary: c.Canary}
-	if ctx.Err() != nil {
-		return // shutting down or replica gone: says nothing of the replica
+	p.mu.Lock()
+	for name, t := range p.targets {
+		if a, ok := want[name]; !ok || a != t.dnsAddr {
+			p.removeLocked(t)
+		}
 	}
-	Judge(&res, c, reply, err, p.fresh)
-	if res.Err == nil {
-		pr.Timeout.Observe(res.Latency)
+	var add []*target
+	for name, a := range want {
+		if _, ok := p.targets[name]; !ok {
+			add = append(add, &target{name: name, dnsAddr: a})
+		}
 	}
-	pr.emit(res)
+	p.mu.Unlock()
+	for _, t := range add {
+		t.resolve() // may ask DNS for a host name: not under the lock
+	}
+	p.mu.Lock()
+	for _, t := range add {
+		if _, ok := p.targets[t.name]; !ok {
+			p.addLocked(t)
+		}
+	}
+	p.rescheduleLocked()
+	p.mu.Unlock()
+	p.poke()
 }
 
-func (pr *prober) emit(r Result) {
-	select {
-	case pr.pool.out <- r:
-	case <-pr.Ctx.Done():
+// rescheduleLocked sets the interval the pool can keep: --probe-interval, unless
+// --max-probe-qps cannot pay for it; then every replica is probed less often, evenly.
+func (p *Pool) rescheduleLocked() {
+	iv := p.cfg.Interval.D()
+	if p.cfg.MaxQPS > 0 && len(p.targets) > 0 {
+		need := time.Duration(math.Ceil(float64(len(p.targets)*len(p.checks)) / float64(p.cfg.MaxQPS) * float64(time.Second)))
+		iv = max(iv, need)
 	}
+	p.interval = iv
+	p.rounds.SetInterval(iv)
+	p.maxInFlight = len(p.checks) * (int(p.cfg.Timeout.D()/iv) + 2)
+}
+
+// Boost probes one replica BoostFactor times as often for d: the engine asks for it when a
+// replica turns suspect, so that the evidence for or against a judgment arrives sooner
+// (the qps cap still applies).
+func (p *Pool) Boost(name string, d time.Duration) {
+	p.mu.Lock()
+	t := p.targets[name]
+	moved := t != nil && p.rounds.Boost(t, BoostFactor, d, time.Now())
+	p.mu.Unlock()
+	if moved {
+		p.poke()
+	}
+}
+
+func (p *Pool) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// addLocked starts probing t, at a random phase within the interval so that many replicas
+// spread over it, through a socket of its address family.
+func (p *Pool) addLocked(t *target) {
+	t.slots = make([]slot, slotsFor(len(p.checks), p.cfg.Interval.D()))
+	t.cache = make([]answerCache, len(p.checks))
+	t.timeout = schedule.Timeout{Min: p.cfg.MinTimeout.D(), Max: p.cfg.Timeout.D()}
+	if t.timeout.Min <= 0 || t.timeout.Min > t.timeout.Max {
+		t.timeout.Min = t.timeout.Max
+	}
+	if t.err == nil {
+		t.sock, t.err = p.sockFor(t.addr)
+	}
+	if t.sock != nil {
+		t.sock.byAddr[t.addr] = t
+	}
+	p.targets[t.name] = t
+	p.rounds.Add(t, time.Now().Add(time.Duration(rand.Int64N(int64(max(p.interval, 1))))))
+}
+
+// removeLocked stops probing t: its probes in flight are forgotten (a replica that is gone
+// or moved says nothing by them).
+func (p *Pool) removeLocked(t *target) {
+	t.gone = true
+	p.rounds.Remove(t)
+	delete(p.targets, t.name)
+	for i := range t.slots {
+		if t.slots[i].state != free {
+			t.slots[i].state = free
+			p.pending--
+		}
+	}
+	if s := t.sock; s != nil {
+		delete(s.byAddr, t.addr)
+		if len(s.byAddr) == 0 {
+			s.close()
+			fam := &p.socks[famIndex(s.v6)]
+			for i, x := range *fam {
+				if x == s {
+					*fam = append((*fam)[:i], (*fam)[i+1:]...)
+					break
+				}
+			}
+		}
+	}
+}
+
+func famIndex(v6 bool) int {
+	if v6 {
+		return 1
+	}
+	return 0
+}
+
+// sockFor picks the socket a replica at addr is probed through: the least loaded one of
+// its family that has no other replica at the same address (replies are told apart by
+// their source), opening another while there are fewer than targetsPerSocket each.
+func (p *Pool) sockFor(addr netip.AddrPort) (*sock, error) {
+	v6 := !addr.Addr().Is4()
+	fam := &p.socks[famIndex(v6)]
+	var best *sock
+	for _, s := range *fam {
+		if _, taken := s.byAddr[addr]; !taken && (best == nil || len(s.byAddr) < len(best.byAddr)) {
+			best = s
+		}
+	}
+	if best != nil && (len(best.byAddr) < targetsPerSocket || len(*fam) >= maxSockets) {
+		return best, nil
+	}
+	s, err := openSock(v6)
+	if err != nil {
+		if best != nil {
+			return best, nil
+		}
+		return nil, err
+	}
+	*fam = append(*fam, s)
+	return s, nil
+}
+
+// slotsFor sizes a replica's table of probe slots: twice the probes it may have awaiting a
+// reply, in time or late (lateWindow after their timeout), boosted (a hung replica's
+// timeouts keep listening for the late replies that would tell a stall from a hang), so
+// that a random ID finds a free slot at the first or second try.
+func slotsFor(checks int, interval time.Duration) int {
+	need := 2 * float64(checks*BoostFactor) * (lateWindow + 200*time.Millisecond).Seconds() / max(interval.Seconds(), 0.001)
+	n := 128
+	for float64(n) < need && n < 1<<16 {
+		n *= 2
+	}
+	return n
+}
+
+// target is one replica as the loop probes it.
+type target struct {
+	name    string
+	dnsAddr string
+	addr    netip.AddrPort
+	// err: its address does not resolve, or no socket could be opened: every round
+	// reports it as the probes' error.
+	err     error
+	sock    *sock
+	timeout schedule.Timeout
+	// slots holds its probes awaiting a reply, each at the slot its DNS ID names (the ID's
+	// low bits): a reply finds its probe in one look, without a map; seq numbers the
+	// probes, so that a deadline outliving its probe is told from the next one there.
+	slots []slot
+	seq   uint32
+	cache []answerCache // by check
+	// inFlight counts its probes awaiting a reply in time (or over TCP).
+	inFlight int
+	gone     bool
+}
+
+// resolve reads the replica's address once, host names through the resolver.
+func (t *target) resolve() {
+	ap, err := netip.ParseAddrPort(t.dnsAddr)
+	if err != nil {
+		ua, rerr := net.ResolveUDPAddr("udp", t.dnsAddr)
+		if rerr != nil {
+			t.err = rerr
+			return
+		}
+		ap = ua.AddrPort()
+	}
+	t.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+type slotState uint8
+
+const (
+	free      slotState = iota
+	waiting             // sent, its reply awaited until its deadline
+	viaTCP              // truncated: its TCP retry runs
+	listening           // timed out: a reply until the late window ends is a late reply
+)
+
+// slot is one probe. Times are nanoseconds since the pool's epoch.
+type slot struct {
+	seq   uint32
+	id    uint16
+	check uint16
+	state slotState
+	sent  int64
+	// deadline is when it times out (waiting, and over TCP), or when its late window
+	// ends (listening).
+	deadline int64
+}
+
+// slotOf is the slot of the probe with DNS ID id.
+func (t *target) slotOf(id uint16) *slot { return &t.slots[int(id)&(len(t.slots)-1)] }
+
+// probe finds the probe seq at the slot of id; nil when that slot has moved on.
+func (t *target) probe(id uint16, seq uint32) *slot {
+	if sl := t.slotOf(id); sl.seq == seq && sl.state != free {
+		return sl
+	}
+	return nil
 }
 
 // Judge fills res from a reply or an error: what probe results are made of, kept apart

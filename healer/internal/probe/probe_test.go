@@ -102,14 +102,15 @@ func answerA(w dns.ResponseWriter, r *dns.Msg) {
 	_ = w.WriteMsg(m)
 }
 
-func collect(t *testing.T, ch <-chan Result, n int) []Result {
+// collect takes n results from the pool's mailbox.
+func collect(t *testing.T, p *Pool, n int) []Result {
 	t.Helper()
 	var out []Result
 	deadline := time.After(10 * time.Second)
 	for len(out) < n {
 		select {
-		case r := <-ch:
-			out = append(out, r)
+		case <-p.Results.Ready():
+			out = append(out, p.Results.Take(nil)...)
 		case <-deadline:
 			t.Fatalf("got %d results, want %d", len(out), n)
 		}
@@ -117,20 +118,30 @@ func collect(t *testing.T, ch <-chan Result, n int) []Result {
 	return out
 }
 
+func newPool(t *testing.T, cfg config.Probe, checks []check.Check) *Pool {
+	t.Helper()
+	p, err := NewPool(cfg, checks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func TestPoolProbesAndJudges(t *testing.T) {
 	good, _ := server(t, answerA)
 	silent, _ := server(t, func(dns.ResponseWriter, *dns.Msg) {}) // hung replica
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch := make(chan Result, 100)
-	p := NewPool(config.Probe{
-		Interval: config.D(10 * time.Millisecond), Timeout: config.D(50 * time.Millisecond), MinTimeout: config.D(20 * time.Millisecond), MaxQPS: 1000,
-	}, []check.Check{{Name: "x.example.", Type: dns.TypeA}}, nil, ch)
+	p := newPool(t, config.Probe{
+		Interval: config.D(10 * time.Millisecond), Timeout: config.D(50 * time.Millisecond), MinTimeout: config.D(20 * time.Millisecond),
+	}, []check.Check{{Name: "x.example.", Type: dns.TypeA}})
 	p.Sync(ctx, []replica.Target{{Name: "good", DNSAddr: good}, {Name: "hung", DNSAddr: silent}})
 	seen := map[string]Result{}
 	for len(seen) < 2 {
-		for _, r := range collect(t, ch, 1) {
-			seen[r.Replica] = r
+		for _, r := range collect(t, p, 1) {
+			if !r.LateReply {
+				seen[r.Replica] = r
+			}
 		}
 	}
 	if r := seen["good"]; !r.OK() || r.AnswerKey != "x.example. A 10.0.0.1" {
@@ -167,16 +178,17 @@ func TestTruncatedRetriesOverTCP(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch := make(chan Result, 100)
-	p := NewPool(config.Probe{Interval: config.D(20 * time.Millisecond), Timeout: config.D(time.Second), MaxQPS: 100},
-		[]check.Check{{Name: "x.example.", Type: dns.TypeA}}, nil, ch)
+	p := newPool(t, config.Probe{Interval: config.D(20 * time.Millisecond), Timeout: config.D(time.Second), MaxQPS: 100},
+		[]check.Check{{Name: "x.example.", Type: dns.TypeA}})
 	p.Sync(ctx, []replica.Target{{Name: "r", DNSAddr: addr}})
-	r := collect(t, ch, 1)[0]
+	r := collect(t, p, 1)[0]
 	if !r.TCP || !r.OK() || r.AnswerKey != "x.example. A 10.0.0.1" {
 		t.Errorf("want the TCP answer, got %+v", r)
 	}
 }
 
+// Under --max-probe-qps the schedule stretches: every replica is probed evenly, less
+// often, and the total stays within the cap; a boost beyond it is skipped.
 func TestGlobalQPSCap(t *testing.T) {
 	var addrs []string
 	var counters []*atomic.Int64
@@ -186,33 +198,38 @@ func TestGlobalQPSCap(t *testing.T) {
 		counters = append(counters, n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan Result, 10000)
-	// 5 replicas x 2 checks every 5 ms would be 2000 qps; the cap is 100.
-	p := NewPool(config.Probe{Interval: config.D(5 * time.Millisecond), Timeout: config.D(50 * time.Millisecond), MaxQPS: 100},
-		[]check.Check{{Name: "x.example.", Type: dns.TypeA}, {Name: "y.example.", Type: dns.TypeA}}, nil, ch)
+	defer cancel()
+	// 5 replicas x 2 checks every 5 ms would be 2000 qps; the cap is 100: every 100 ms.
+	p := newPool(t, config.Probe{Interval: config.D(5 * time.Millisecond), Timeout: config.D(50 * time.Millisecond), MaxQPS: 100},
+		[]check.Check{{Name: "x.example.", Type: dns.TypeA}, {Name: "y.example.", Type: dns.TypeA}})
 	var ts []replica.Target
 	for i, a := range addrs {
 		ts = append(ts, replica.Target{Name: string(rune('a' + i)), DNSAddr: a})
 	}
 	start := time.Now()
 	p.Sync(ctx, ts)
-	// Wait until skips prove the cap is being hit, then measure.
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Skipped.Load() < 500 && time.Now().Before(deadline) {
-		<-time.After(10 * time.Millisecond)
+	if iv, n, qps := p.Schedule(); iv != 100*time.Millisecond || n != 5 || qps != 100 {
+		t.Errorf("schedule: every %s for %d replicas, %.0f/s; want every 100ms, 5, 100/s", iv, n, qps)
+	}
+	for time.Since(start) < time.Second {
+		p.Boost("a", time.Second) // x4 for a would exceed the cap
+		collect(t, p, 1)
 	}
 	cancel()
 	elapsed := time.Since(start)
 	var total int64
 	for _, n := range counters {
 		total += n.Load()
+		if n.Load() == 0 {
+			t.Errorf("a replica was never probed")
+		}
 	}
 	limit := int64(100*elapsed.Seconds()) + 20 // rate plus the burst
 	if total > limit {
 		t.Errorf("%d queries in %s, cap allows about %d", total, elapsed, limit)
 	}
 	if p.Skipped.Load() == 0 {
-		t.Errorf("no probe skipped although the cap is far below the schedule")
+		t.Errorf("no probe skipped although the boost asked for more than the cap")
 	}
 }
 
@@ -226,18 +243,17 @@ func TestLateReply(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch := make(chan Result, 100)
-	p := NewPool(config.Probe{Interval: config.D(time.Second), Timeout: config.D(20 * time.Millisecond), MinTimeout: config.D(20 * time.Millisecond), MaxQPS: 100},
-		[]check.Check{{Name: "x.example.", Type: dns.TypeA}}, nil, ch)
+	p := newPool(t, config.Probe{Interval: config.D(time.Second), Timeout: config.D(20 * time.Millisecond), MinTimeout: config.D(20 * time.Millisecond)},
+		[]check.Check{{Name: "x.example.", Type: dns.TypeA}})
 	p.Sync(ctx, []replica.Target{{Name: "slow", DNSAddr: addr}})
-	first := collect(t, ch, 1)[0]
+	first := collect(t, p, 1)[0]
 	if first.LateReply || !(first.Timeout || first.Late) {
 		t.Fatalf("first result %+v, want the timeout", first)
 	}
 	if first.Late {
 		t.Skip("this machine stalled the healer past the deadline; the late path is not exercised")
 	}
-	late := collect(t, ch, 1)[0]
+	late := collect(t, p, 1)[0]
 	if !late.LateReply || late.Check != first.Check || !late.Sent.Equal(first.Sent) || late.Latency < 60*time.Millisecond || !late.OK() {
 		t.Fatalf("late reply %+v, want the same probe answered after >= 60ms", late)
 	}

@@ -1,14 +1,13 @@
-// Package schedule is the healer's one scheduler of periodic work per replica, shared by
-// the probes (external view) and the heartbeat reader (internal view): one goroutine and
-// one timer serve every replica, however many there are, through a heap of due times.
-// When a replica is due, fire starts its work (it must not block: the work runs in its own
-// goroutine) and the replica is due again one interval later; Boost shortens one replica's
-// interval for a while. Also here: the adaptive timeout and the "late" rule that both
-// views share.
+// Package schedule is how the healer paces its work per replica, shared by the probes
+// (external view) and the heartbeat reader (internal view): a Queue of due times (a heap,
+// pure, on a fake clock in tests) instead of a ticker per replica; the Scheduler that drives
+// one with a single goroutine and timer for every replica however many there are; the Set
+// of per-replica workers it fires; a Mailbox that hands results to the engine without ever
+// blocking the one who produced them. Also here: the adaptive timeout and the "late" rule
+// that both views share.
 package schedule
 
 import (
-	"container/heap"
 	"context"
 	"math/rand/v2"
 	"sync"
@@ -17,28 +16,21 @@ import (
 	"github.com/dnspulse/dnspulse/healer/internal/ewma"
 )
 
-// Scheduler calls fire(key) for every key every interval (a boosted key more often).
+// Scheduler calls fire(key) for every key when it is due: every interval, a boosted key
+// more often, or at the time the last fire asked for (see Queue.Requeue).
 type Scheduler struct {
-	interval time.Duration
-	fire     func(key string)
+	fire func(key string) time.Time
 
-	mu    sync.Mutex
-	items map[string]*item
-	due   dueHeap
-	wake  chan struct{}
+	mu   sync.Mutex
+	q    *Queue[string]
+	wake chan struct{}
 }
 
-type item struct {
-	key        string
-	next       time.Time
-	index      int
-	boostUntil time.Time
-	boostEvery time.Duration
-}
-
-// New makes a scheduler; Run drives it.
-func New(interval time.Duration, fire func(key string)) *Scheduler {
-	return &Scheduler{interval: interval, fire: fire, items: map[string]*item{}, wake: make(chan struct{}, 1)}
+// New makes a scheduler; Run drives it. fire must not block: it starts the key's work (in
+// its own goroutine if the work waits) and returns when the key is next due, zero for its
+// cadence.
+func New(interval time.Duration, fire func(key string) time.Time) *Scheduler {
+	return &Scheduler{fire: fire, q: NewQueue[string](interval), wake: make(chan struct{}, 1)}
 }
 
 // Add schedules key (a no-op when it is scheduled already) at a random phase within one
@@ -46,41 +38,33 @@ func New(interval time.Duration, fire func(key string)) *Scheduler {
 func (s *Scheduler) Add(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.items[key]; ok {
-		return
+	iv := s.q.Interval()
+	if s.q.Add(key, time.Now().Add(time.Duration(rand.Int64N(int64(max(iv, 1)))))) {
+		s.poke()
 	}
-	it := &item{key: key, next: time.Now().Add(time.Duration(rand.Int64N(int64(s.interval))))}
-	s.items[key] = it
-	heap.Push(&s.due, it)
-	s.poke()
 }
 
 // Remove unschedules key.
 func (s *Scheduler) Remove(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if it, ok := s.items[key]; ok {
-		heap.Remove(&s.due, it.index)
-		delete(s.items, key)
-	}
+	s.q.Remove(key)
 }
 
 // Boost runs key factor times as often for d, starting now.
 func (s *Scheduler) Boost(key string, factor int, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	it, ok := s.items[key]
-	if !ok || factor <= 1 {
-		return
-	}
-	now := time.Now()
-	it.boostUntil = now.Add(d)
-	it.boostEvery = max(s.interval/time.Duration(factor), time.Millisecond)
-	if next := now.Add(it.boostEvery); next.Before(it.next) {
-		it.next = next
-		heap.Fix(&s.due, it.index)
+	if s.q.Boost(key, factor, d, time.Now()) {
 		s.poke()
 	}
+}
+
+// Boosted says whether key is boosted now.
+func (s *Scheduler) Boosted(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.q.Boosted(key, time.Now())
 }
 
 func (s *Scheduler) poke() {
@@ -94,61 +78,35 @@ func (s *Scheduler) poke() {
 func (s *Scheduler) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var fire []string
+	var due []string
+	var next []time.Time
 	for {
-		fire = fire[:0]
 		now := time.Now()
 		s.mu.Lock()
-		for len(s.due) > 0 && !s.due[0].next.After(now) {
-			it := s.due[0]
-			fire = append(fire, it.key)
-			every := s.interval
-			if now.Before(it.boostUntil) {
-				every = it.boostEvery
-			}
-			// Steady cadence; but after a stall, resume from now rather than catch up in a burst.
-			it.next = it.next.Add(every)
-			if it.next.Before(now) {
-				it.next = now.Add(every)
-			}
-			heap.Fix(&s.due, 0)
+		due = s.q.PopDue(now, due[:0])
+		s.mu.Unlock()
+		next = next[:0]
+		for _, k := range due {
+			next = append(next, s.fire(k)) // outside the lock: fire may call Boost
+		}
+		s.mu.Lock()
+		for i, k := range due {
+			s.q.Requeue(k, next[i], now)
 		}
 		wait := time.Hour
-		if len(s.due) > 0 {
-			wait = s.due[0].next.Sub(now)
+		if t, ok := s.q.Next(); ok {
+			wait = max(t.Sub(time.Now()), 0)
 		}
 		s.mu.Unlock()
-		for _, k := range fire {
-			s.fire(k)
-		}
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-s.wake:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
-			}
+			timer.Stop()
 		}
 	}
-}
-
-type dueHeap []*item
-
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
-func (h *dueHeap) Push(x any)        { it := x.(*item); it.index = len(*h); *h = append(*h, it) }
-func (h *dueHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return it
 }
 
 // Timeout is an adaptive timeout: clamp(8 x the average latency, Min, Max), so that a hung

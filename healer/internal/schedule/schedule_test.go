@@ -18,11 +18,12 @@ type counter struct {
 
 func newCounter() *counter { return &counter{n: map[string]int{}, ch: make(chan string, 10000)} }
 
-func (c *counter) fire(k string) {
+func (c *counter) fire(k string) time.Time {
 	c.mu.Lock()
 	c.n[k]++
 	c.mu.Unlock()
 	c.ch <- k
+	return time.Time{}
 }
 
 func (c *counter) get(k string) int {
@@ -92,7 +93,7 @@ func TestSetFollowsTargets(t *testing.T) {
 	fired := make(chan string, 1000)
 	s := NewSet(5*time.Millisecond, 4, 10*time.Millisecond, 50*time.Millisecond,
 		func(wk *Worker) w { mu.Lock(); made[wk.Name] = wk; mu.Unlock(); return w{wk} },
-		func(x w) { fired <- x.Name + "@" + x.Addr })
+		func(x w) time.Time { fired <- x.Name + "@" + x.Addr; return time.Time{} })
 	addr := func(t replica.Target) string { return t.DNSAddr }
 	s.Sync(ctx, []replica.Target{{Name: "a", DNSAddr: "1"}, {Name: "b", DNSAddr: ""}}, addr)
 	if got := <-fired; got != "a@1" {

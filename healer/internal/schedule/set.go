@@ -17,7 +17,7 @@ type Set[W any] struct {
 	boost     int
 	timeout   Timeout // the bounds every worker's adaptive timeout starts from
 	newWorker func(*Worker) W
-	fire      func(W)
+	fire      func(W) time.Time
 
 	start   sync.Once
 	ctx     context.Context
@@ -43,8 +43,8 @@ type Worker struct {
 // NewSet makes a Set that fires every interval, boost times as often for a boosted
 // replica, with adaptive timeouts between minTimeout and maxTimeout; newWorker makes a
 // replica's worker around its Worker, fire starts one round of its work (it must not
-// block).
-func NewSet[W any](interval time.Duration, boost int, minTimeout, maxTimeout time.Duration, newWorker func(*Worker) W, fire func(W)) *Set[W] {
+// block) and returns when the worker is next due, zero for the interval (Queue.Requeue).
+func NewSet[W any](interval time.Duration, boost int, minTimeout, maxTimeout time.Duration, newWorker func(*Worker) W, fire func(W) time.Time) *Set[W] {
 	if minTimeout <= 0 || minTimeout > maxTimeout {
 		minTimeout = maxTimeout
 	}
@@ -92,11 +92,15 @@ func (s *Set[W]) removeLocked(name string) {
 // suspect, so that the evidence for or against a judgment arrives sooner.
 func (s *Set[W]) Boost(name string, d time.Duration) { s.sched.Boost(name, s.boost, d) }
 
-func (s *Set[W]) fireKey(name string) {
+// Boosted says whether a replica is boosted now.
+func (s *Set[W]) Boosted(name string) bool { return s.sched.Boosted(name) }
+
+func (s *Set[W]) fireKey(name string) time.Time {
 	s.mu.Lock()
 	e := s.workers[name]
 	s.mu.Unlock()
-	if e != nil {
-		s.fire(e.w)
+	if e == nil {
+		return time.Time{}
 	}
+	return s.fire(e.w)
 }
