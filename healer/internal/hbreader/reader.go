@@ -212,7 +212,7 @@ func (r *reader) read() Result {
 }
 
 // fetch is Fetch that skips decoding a body identical to the last one: with the plugin's
-// default tick (100 ms) four polls in five at 20 ms return the same heartbeat. A new one is
+// default tick (50 ms) every other poll at 20 ms returns the same heartbeat. A new one is
 // decoded into a fresh Heartbeat (the detector keeps the last it was given).
 func (r *reader) fetch(ctx context.Context) (*heartbeat.Heartbeat, Kind, error) {
 	body, kind, err := get(ctx, r.pool.client, r.url)

@@ -27,7 +27,7 @@ import (
 // tens and a hundred MiB.
 
 // defaultTick is the tick assumed before the first heartbeat says it (pulse's default).
-const defaultTick = 100 * time.Millisecond
+const defaultTick = 50 * time.Millisecond
 
 // Stall: a stream whose next line is this many ticks overdue (counted from the last line)
 // is stalled. Pulse writes a line every tick; half a tick of slack absorbs the jitter of a
