@@ -134,11 +134,12 @@ func (g *gateKeeper) step(ctx context.Context) time.Duration {
 		return g.pollInterval()
 	}
 	// False (or Unknown): a drain. It began at its lastTransitionTime, but another node's
-	// clock wrote that: it is believed only between this replica's last two reads.
+	// clock wrote that, in whole seconds (rounded up here, so a drain is never cut short): it
+	// is believed only between this replica's last two reads.
 	key := c.LastTransitionTime.UTC().Format(time.RFC3339Nano)
 	if key != g.falseKey {
 		g.falseKey = key
-		g.falseFrom = clampTime(c.LastTransitionTime.Time, prev, now)
+		g.falseFrom = clampTime(c.LastTransitionTime.Add(time.Second), prev, now)
 	}
 	left := g.falseFrom.Add(g.maxDrain).Sub(now)
 	if left > 0 {
