@@ -325,10 +325,14 @@ func TestTwoReplicasHung(t *testing.T) {
 			evicted[1].Name, evicted[0].Name, firstRepl.Name, firstRepl.Ready.Format("15:04:05.000"))
 	}
 	for _, p := range hung {
-		if _, ok := FindAudit(cl, t0, func(l AuditLine) bool {
-			return l.Event == "remediation" && l.Replica == p.Name && l.Action == "evict" && l.Result == "success"
-		}); !ok {
-			t.Errorf("no successful evict remediation line for %s", p.Name)
+		// The line is written when the Eviction call returns, a moment after the pod is terminating.
+		if err := obs.Wait(ctx, 10*time.Second, "a successful evict remediation line for "+p.Name, func() bool {
+			_, ok := FindAudit(cl, t0, func(l AuditLine) bool {
+				return l.Event == "remediation" && l.Replica == p.Name && l.Action == "evict" && l.Result == "success"
+			})
+			return ok
+		}); err != nil {
+			t.Error(err)
 		}
 	}
 	untouched(t, healthy, t0)
@@ -433,6 +437,13 @@ func TestLeaderKilledMidRemediation(t *testing.T) {
 	if !readyAfterThaw && !(rr.Ready.After(thawed) && rr.Ready.Before(r2.Terminated)) {
 		t.Errorf("%s was evicted before the replacement %s was Ready again", second.Name, repl)
 	}
+	// The audit line is written when the Eviction call returns, a moment after the pod is terminating.
+	_ = obs.Wait(ctx, 10*time.Second, "the audit line of the eviction of "+second.Name, func() bool {
+		_, ok := FindAudit(cl, t0, func(l AuditLine) bool {
+			return l.Event == "remediation" && l.Replica == second.Name && l.Action == "evict" && l.Result == "success"
+		})
+		return ok
+	})
 	evictions := map[string]int{}
 	for _, l := range AuditSince(cl, t0) {
 		if l.Event == "remediation" && l.Action == "evict" && l.Result == "success" {
