@@ -403,15 +403,6 @@ func (r *podRunner) computeStatus(pod *corev1.Pod, setupErr error) *corev1.PodSt
 	return st
 }
 
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
 	for i := range conds {
 		if conds[i].Type == t {

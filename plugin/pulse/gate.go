@@ -271,7 +271,7 @@ func validConditionType(s string) error {
 	}
 	if prefix != "" || len(name) < len(s) {
 		if err := validName(prefix); err != nil {
-			return fmt.Errorf("prefix %q: %v", prefix, err)
+			return fmt.Errorf("prefix %q: %w", prefix, err)
 		}
 	}
 	if len(name) == 0 || len(name) > 63 {
