@@ -86,6 +86,7 @@ type Engine struct {
 	// memoryState: whether the guards' memory is loaded for the current leadership.
 	memoryState memoryState
 	memoryCh    chan memoryLoad
+	memoryOut   memoryWriter
 
 	outcomes chan op
 	probeCh  chan probe.Result

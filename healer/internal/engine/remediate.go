@@ -155,9 +155,10 @@ func (e *Engine) startOp(ctx context.Context, action api.Action, r *replicaState
 	}
 	e.guards.start(r.target.Name)
 	var intent *replica.Memory
+	var intentSeq uint64
 	if action == "" && !dryRun && e.mode.Memory != nil {
 		m := withEviction(e.guards.memory, t, e.now(), e.order)
-		intent = &m
+		intent, intentSeq = &m, e.memoryOut.next()
 	}
 	go func() {
 		var o replica.Outcome
@@ -167,7 +168,7 @@ func (e *Engine) startOp(ctx context.Context, action api.Action, r *replicaState
 		case api.ActionUndrain:
 			o = e.drainer.Undrain(ctx, t, why)
 		default:
-			o = e.evictWriteAhead(ctx, t, reasons, dryRun, intent)
+			o = e.evictWriteAhead(ctx, t, reasons, dryRun, intent, intentSeq)
 		}
 		if o.Action == "" {
 			o.Action = action
@@ -228,12 +229,9 @@ func (e *Engine) finish(ctx context.Context, o op) {
 // evictWriteAhead saves the guards' memory with the eviction in it (intent) before evicting:
 // a leader killed between the Eviction and the save after it would leave the next leader
 // without the cooldown and the awaited replacement (G5, G11). Not saved: not evicted.
-func (e *Engine) evictWriteAhead(ctx context.Context, t replica.Target, reasons []string, dryRun bool, intent *replica.Memory) replica.Outcome {
+func (e *Engine) evictWriteAhead(ctx context.Context, t replica.Target, reasons []string, dryRun bool, intent *replica.Memory, seq uint64) replica.Outcome {
 	if intent != nil {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := e.mode.Memory.Save(sctx, *intent)
-		cancel()
-		if err != nil {
+		if err := e.memoryOut.save(ctx, e.mode.Memory, *intent, seq); err != nil {
 			return replica.Outcome{Action: api.ActionEvict, Result: api.ResultError,
 				Message: "the guards' memory could not be saved before the eviction, so no eviction: " + err.Error()}
 		}
