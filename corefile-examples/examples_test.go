@@ -119,13 +119,14 @@ func TestExamples(t *testing.T) {
 	// here fails the test: every example is started.
 	examples := map[string]struct {
 		queries []query
-		lease   bool
+		lease   string // the namespace of the Lease it must write; "": none
+		gate    bool   // it opens its pod's readiness gate
 	}{
-		"kubeadm.Corefile": {queries: []query{
+		"kubeadm.Corefile": {gate: true, queries: []query{
 			{"kubernetes.default.svc.cluster.local.", apiSvcIP}, // kubernetes plugin, from the apiserver
 			{"www.example.org.", upstreamIP},                    // forward to /etc/resolv.conf
 		}},
-		"lease.Corefile": {lease: true, queries: []query{
+		"lease.Corefile": {lease: "dnspulse-heartbeat", gate: true, queries: []query{
 			{"kubernetes.default.svc.cluster.local.", apiSvcIP},
 			{"www.example.org.", upstreamIP},
 		}},
@@ -150,12 +151,12 @@ func TestExamples(t *testing.T) {
 			continue
 		}
 		t.Run(file, func(t *testing.T) {
-			runExample(t, bin, file, i, ex.queries, ex.lease)
+			runExample(t, bin, file, i, ex.queries, ex.lease, ex.gate)
 		})
 	}
 }
 
-func runExample(t *testing.T, bin, file string, i int, queries []query, wantLease bool) {
+func runExample(t *testing.T, bin, file string, i int, queries []query, leaseNS string, wantGate bool) {
 	addr := freeAddr(t, i, 1)
 	upstream := freeAddr(t, i, 2)
 	startUpstream(t, upstream)
@@ -232,11 +233,24 @@ func runExample(t *testing.T, bin, file string, i int, queries []query, wantLeas
 		}
 	}
 
-	if wantLease {
+	if wantGate {
+		// readiness_gate: the pod declares dnspulse.io/serving and has no such condition yet.
 		waitFor(t, 20*time.Second, out, func() error {
-			l := api.lease(podNS, podName)
+			p := api.gatePatch()
+			if p == "" {
+				return errors.New("no patch of pods/status for " + podNS + "/" + podName)
+			}
+			if !strings.Contains(p, `"type":"dnspulse.io/serving"`) || !strings.Contains(p, `"status":"True"`) || strings.Count(p, `"type"`) != 1 {
+				return fmt.Errorf("pods/status patch %s: want only dnspulse.io/serving=True", p)
+			}
+			return nil
+		})
+	}
+	if leaseNS != "" {
+		waitFor(t, 20*time.Second, out, func() error {
+			l := api.lease(leaseNS, podName)
 			if l == nil {
-				return errors.New("no Lease " + podNS + "/" + podName + " written")
+				return errors.New("no Lease " + leaseNS + "/" + podName + " written")
 			}
 			v := l.Annotations["dnspulse.io/verdict"]
 			if v != heartbeat.VerdictHealthy && v != heartbeat.VerdictDegraded {
@@ -495,6 +509,7 @@ type fakeAPIServer struct {
 
 	mu      sync.Mutex
 	leases  map[string]*coordinationv1.Lease
+	patch   string // the last pods/status patch of the pod
 	rv      int
 	unknown []string
 	stop    chan struct{}
@@ -530,6 +545,12 @@ func (f *fakeAPIServer) lease(ns, name string) *coordinationv1.Lease {
 	return nil
 }
 
+func (f *fakeAPIServer) gatePatch() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.patch
+}
+
 func (f *fakeAPIServer) unknownRequests() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -542,6 +563,20 @@ func (f *fakeAPIServer) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	if m := leasePath.FindStringSubmatch(r.URL.Path); m != nil {
 		f.serveLease(w, r, m[1], m[2])
+		return
+	}
+	if r.URL.Path == "/api/v1/namespaces/"+podNS+"/pods/"+podName+"/status" && r.Method == http.MethodPatch {
+		// pulse's readiness_gate: the patch is recorded, the pod answered as it was.
+		body, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.patch = string(body)
+		f.mu.Unlock()
+		json.NewEncoder(w).Encode(gatedPod())
+		return
+	}
+	if r.URL.Path == "/api/v1/namespaces/"+podNS+"/pods" && r.Method == http.MethodGet && r.URL.Query().Get("watch") == "" {
+		json.NewEncoder(w).Encode(corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"},
+			ListMeta: metav1.ListMeta{ResourceVersion: "1"}, Items: []corev1.Pod{gatedPod()}})
 		return
 	}
 	if r.Method != http.MethodGet {
@@ -621,6 +656,14 @@ func (f *fakeAPIServer) serve(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 	case <-f.stop:
 	}
+}
+
+// gatedPod is the example's own pod: it declares the readiness gate dnspulse.io/serving.
+func gatedPod() corev1.Pod {
+	return corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: podNS, UID: "pod-uid", ResourceVersion: "1"},
+		Spec:       corev1.PodSpec{ReadinessGates: []corev1.PodReadinessGate{{ConditionType: "dnspulse.io/serving"}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning}}
 }
 
 func (f *fakeAPIServer) serveLease(w http.ResponseWriter, r *http.Request, ns, name string) {

@@ -4,9 +4,11 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -26,6 +28,8 @@ const (
 	patchFile       = "../coredns/deployment-patch.yaml"
 	pdbFile         = "../coredns/pdb.yaml"
 	leaseFile       = "../coredns/lease-rbac.yaml"
+	gateFile        = "../coredns/gate-rbac.yaml"
+	e2eGateFile     = "../../e2e/cluster/manifests/gate-rbac.yaml"
 	kubeadmFile     = "testdata/kubeadm-coredns-deployment.yaml"
 	kubeadmCorefile = "../../corefile-examples/kubeadm.Corefile"
 )
@@ -194,30 +198,129 @@ func TestCoreDNSPDB(t *testing.T) {
 	}
 }
 
-func TestCoreDNSLeaseRBAC(t *testing.T) {
-	b, err := os.ReadFile(leaseFile)
+// manifestDocs splits a multi-document YAML file into its documents, by kind.
+func manifestDocs(t *testing.T, path string) map[string][][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs := regexp.MustCompile(`(?m)^---$`).Split(string(b), -1)
-	if len(docs) != 2 {
-		t.Fatalf("%s: want a Role and a RoleBinding, got %d documents", leaseFile, len(docs))
+	out := map[string][][]byte{}
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(b), -1) {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		out[meta.Kind] = append(out[meta.Kind], []byte(doc))
+	}
+	return out
+}
+
+// roleAndBinding decodes the one Role and the one RoleBinding of a file and checks that the
+// binding gives the Role to kube-system/coredns and nobody else.
+func roleAndBinding(t *testing.T, path string) rbacv1.Role {
+	t.Helper()
+	docs := manifestDocs(t, path)
+	if len(docs["Role"]) != 1 || len(docs["RoleBinding"]) != 1 || len(docs["ClusterRole"]) != 0 || len(docs["ClusterRoleBinding"]) != 0 {
+		t.Fatalf("%s: want one Role and one RoleBinding, no cluster-wide grant", path)
 	}
 	var role rbacv1.Role
 	var rb rbacv1.RoleBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &role); err != nil {
+	if err := yaml.UnmarshalStrict(docs["Role"][0], &role); err != nil {
 		t.Fatal(err)
 	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &rb); err != nil {
+	if err := yaml.UnmarshalStrict(docs["RoleBinding"][0], &rb); err != nil {
 		t.Fatal(err)
+	}
+	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != role.Name || rb.Namespace != role.Namespace ||
+		len(rb.Subjects) != 1 || rb.Subjects[0].Name != "coredns" || rb.Subjects[0].Namespace != "kube-system" {
+		t.Errorf("%s: RoleBinding %+v does not bind the Role to kube-system/coredns alone", path, rb)
+	}
+	return role
+}
+
+// policyAndBinding decodes the one ValidatingAdmissionPolicy and its binding of a file.
+func policyAndBinding(t *testing.T, path string) admissionv1.ValidatingAdmissionPolicy {
+	t.Helper()
+	docs := manifestDocs(t, path)
+	if len(docs["ValidatingAdmissionPolicy"]) != 1 || len(docs["ValidatingAdmissionPolicyBinding"]) != 1 {
+		t.Fatalf("%s: want one ValidatingAdmissionPolicy and its binding", path)
+	}
+	var vap admissionv1.ValidatingAdmissionPolicy
+	var binding admissionv1.ValidatingAdmissionPolicyBinding
+	if err := yaml.UnmarshalStrict(docs["ValidatingAdmissionPolicy"][0], &vap); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(docs["ValidatingAdmissionPolicyBinding"][0], &binding); err != nil {
+		t.Fatal(err)
+	}
+	if binding.Spec.PolicyName != vap.Name || !slices.Equal(binding.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
+		t.Errorf("%s: binding %+v does not deny with %s", path, binding.Spec, vap.Name)
+	}
+	if vap.Spec.FailurePolicy == nil || *vap.Spec.FailurePolicy != admissionv1.Fail {
+		t.Errorf("%s: failurePolicy is not Fail: a policy that cannot be evaluated must deny", path)
+	}
+	if len(vap.Spec.MatchConditions) != 1 || vap.Spec.MatchConditions[0].Expression != "request.userInfo.username == 'system:serviceaccount:kube-system:coredns'" {
+		t.Errorf("%s: the policy must apply to the coredns ServiceAccount's requests: %+v", path, vap.Spec.MatchConditions)
+	}
+	return vap
+}
+
+// The heartbeat Leases live in a namespace of their own: CoreDNS may write Leases there and
+// nowhere else, each replica its own (proven against a real apiserver by e2e/heal TestCoreDNSPrivileges).
+func TestCoreDNSLeaseRBAC(t *testing.T) {
+	docs := manifestDocs(t, leaseFile)
+	var ns corev1.Namespace
+	if len(docs["Namespace"]) != 1 || yaml.UnmarshalStrict(docs["Namespace"][0], &ns) != nil || ns.Name != "dnspulse-heartbeat" {
+		t.Fatalf("%s: want the Namespace dnspulse-heartbeat", leaseFile)
+	}
+	role := roleAndBinding(t, leaseFile)
+	if role.Namespace != ns.Name {
+		t.Errorf("lease Role in %q: Leases elsewhere (kube-system's leader Leases) must stay out of reach", role.Namespace)
 	}
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{"coordination.k8s.io"}) ||
 		!slices.Equal(role.Rules[0].Resources, []string{"leases"}) ||
-		!slices.Equal(role.Rules[0].Verbs, []string{"get", "create", "update"}) {
-		t.Errorf("lease Role grants %+v, want only leases get/create/update", role.Rules)
+		!slices.Equal(role.Rules[0].Verbs, []string{"get", "create", "update", "delete"}) {
+		t.Errorf("lease Role grants %+v, want only leases get/create/update/delete", role.Rules)
 	}
-	if rb.RoleRef.Name != role.Name || rb.Namespace != role.Namespace ||
-		len(rb.Subjects) != 1 || rb.Subjects[0].Name != "coredns" || rb.Subjects[0].Namespace != "kube-system" {
-		t.Errorf("lease RoleBinding %+v does not bind the Role to kube-system/coredns", rb)
+	vap := policyAndBinding(t, leaseFile)
+	if r := vap.Spec.MatchConstraints.ResourceRules; len(r) != 1 || !slices.Equal(r[0].Resources, []string{"leases"}) {
+		t.Errorf("lease policy matches %+v", r)
+	}
+}
+
+// pulse's readiness_gate: patch on pods/status in kube-system, narrowed by the policy to its
+// own pod and its one condition.
+func TestCoreDNSGateRBAC(t *testing.T) {
+	role := roleAndBinding(t, gateFile)
+	if role.Namespace != "kube-system" || len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{""}) ||
+		!slices.Equal(role.Rules[0].Resources, []string{"pods/status"}) || !slices.Equal(role.Rules[0].Verbs, []string{"patch"}) {
+		t.Errorf("gate Role %s grants %+v, want only pods/status patch in kube-system", role.Namespace, role.Rules)
+	}
+	vap := policyAndBinding(t, gateFile)
+	if r := vap.Spec.MatchConstraints.ResourceRules; len(r) != 1 || !slices.Equal(r[0].Resources, []string{"pods/status"}) ||
+		!slices.Equal(r[0].Operations, []admissionv1.OperationType{admissionv1.Update}) {
+		t.Errorf("gate policy matches %+v", r)
+	}
+	text := ""
+	for _, v := range vap.Spec.Validations {
+		text += v.Expression + "\n"
+	}
+	for _, want := range []string{"authentication.kubernetes.io/pod-name", "oldObject.status.conditions", "object.status.?containerStatuses", "object.metadata.?labels", "'" + api.ConditionServing + "'"} {
+		if !strings.Contains(text+vap.Spec.Variables[0].Expression+vap.Spec.Variables[1].Expression+vap.Spec.Variables[3].Expression, want) {
+			t.Errorf("gate policy does not check %s", want)
+		}
+	}
+	// The e2e cluster applies a copy: the same bytes, so that e2e proves what ships.
+	shipped, err := os.ReadFile(gateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, err := os.ReadFile(e2eGateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(shipped) != string(copied) {
+		t.Errorf("%s differs from %s: copy it (cp %s %s)", e2eGateFile, gateFile, gateFile, e2eGateFile)
 	}
 }

@@ -46,11 +46,6 @@ type Options struct {
 	NodeName string
 	// SkipDNS leaves the cluster without the kube-dns add-on (manifests/coredns.yaml).
 	SkipDNS bool
-	// InitialReadinessGates are the readiness-gate conditions the node agent sets True when a pod
-	// that declares them starts and nobody has set them yet. A kubelet never does this; in
-	// production the healer's chart owns dnspulse.io/serving. Default: ["dnspulse.io/serving"];
-	// set to an empty non-nil slice to leave every gate to its owner.
-	InitialReadinessGates []string
 	// UpstreamRecords are the A records the harness's upstream DNS server (on the bridge, what the
 	// pods' /etc/resolv.conf names) answers; everything else gets NXDOMAIN.
 	UpstreamRecords map[string]string
@@ -119,9 +114,6 @@ func (o *Options) defaults() error {
 	}
 	if o.NodeName == "" {
 		o.NodeName = "dnsp-node"
-	}
-	if o.InitialReadinessGates == nil {
-		o.InitialReadinessGates = []string{"dnspulse.io/serving"}
 	}
 	return nil
 }
@@ -213,6 +205,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	if !opts.SkipDNS {
+		// pulse opens its own pod's readiness gate: its RBAC and admission policy first.
+		if err = c.ApplyManifest(ctx, "gate-rbac.yaml"); err != nil {
+			return c, fmt.Errorf("cluster DNS: gate-rbac.yaml: %w", err)
+		}
 		if err = c.ApplyManifest(ctx, "coredns.yaml"); err != nil {
 			return c, fmt.Errorf("cluster DNS: %w", err)
 		}

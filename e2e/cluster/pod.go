@@ -382,17 +382,6 @@ func (r *podRunner) computeStatus(pod *corev1.Pod, setupErr error) *corev1.PodSt
 		st.Message = ""
 	}
 
-	// The node agent sets declared readiness gates it was told to own, once, when the pod has
-	// started and the condition is absent: see Options.InitialReadinessGates.
-	if running > 0 {
-		for _, g := range pod.Spec.ReadinessGates {
-			if !containsString(r.n.c.opts.InitialReadinessGates, string(g.ConditionType)) || findCondition(st.Conditions, g.ConditionType) != nil {
-				continue
-			}
-			st.Conditions = append(st.Conditions, corev1.PodCondition{Type: g.ConditionType, Status: corev1.ConditionTrue,
-				Reason: "SetByNodeAgent", Message: "initial value set by the e2e node agent; the healer owns it afterwards", LastTransitionTime: now})
-		}
-	}
 	gatesOK := true
 	var missing []string
 	for _, g := range pod.Spec.ReadinessGates {
@@ -412,15 +401,6 @@ func (r *podRunner) computeStatus(pod *corev1.Pod, setupErr error) *corev1.PodSt
 	}
 	setCondition(st, corev1.PodReady, allReady && gatesOK, readyReason, readyMsg, now)
 	return st
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {

@@ -11,8 +11,8 @@ import (
 )
 
 // fakeRunner is a pod with one running container whose readiness the test sets.
-func fakeRunner(gates []string, ready bool) *podRunner {
-	c := &Cluster{opts: Options{InitialReadinessGates: gates}, Gateway: net.IPv4(198, 18, 1, 1)}
+func fakeRunner(ready bool) *podRunner {
+	c := &Cluster{Gateway: net.IPv4(198, 18, 1, 1)}
 	r := &podRunner{n: &Node{c: c}, net: &podNet{ip: net.IPv4(198, 18, 1, 2)}}
 	cmd := exec.Command("true")
 	cmd.Process = &os.Process{Pid: 4242}
@@ -36,23 +36,23 @@ func TestReadyNeedsReadinessGates(t *testing.T) {
 		}
 		return p
 	}
+	// Like a kubelet, the node agent never sets a readiness-gate condition (pulse and the
+	// healer do): absent, the pod is not Ready.
 	for _, tc := range []struct {
 		name      string
-		owned     []string
 		ready     bool
 		gate      corev1.ConditionStatus
 		wantReady corev1.ConditionStatus
 		wantGate  corev1.ConditionStatus
 		wantPodIP string
 	}{
-		{"gate absent, agent owns the initial value", []string{string(gate)}, true, "", corev1.ConditionTrue, corev1.ConditionTrue, "198.18.1.2"},
-		{"gate absent, left to the healer", []string{}, true, "", corev1.ConditionFalse, "absent", "198.18.1.2"},
-		{"gate False is never overridden", []string{string(gate)}, true, corev1.ConditionFalse, corev1.ConditionFalse, corev1.ConditionFalse, "198.18.1.2"},
-		{"gate True, container not ready", []string{string(gate)}, false, corev1.ConditionTrue, corev1.ConditionFalse, corev1.ConditionTrue, "198.18.1.2"},
-		{"gate True, container ready", nil, true, corev1.ConditionTrue, corev1.ConditionTrue, corev1.ConditionTrue, "198.18.1.2"},
+		{"gate absent: left to its owners", true, "", corev1.ConditionFalse, "absent", "198.18.1.2"},
+		{"gate False is never overridden", true, corev1.ConditionFalse, corev1.ConditionFalse, corev1.ConditionFalse, "198.18.1.2"},
+		{"gate True, container not ready", false, corev1.ConditionTrue, corev1.ConditionFalse, corev1.ConditionTrue, "198.18.1.2"},
+		{"gate True, container ready", true, corev1.ConditionTrue, corev1.ConditionTrue, corev1.ConditionTrue, "198.18.1.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := fakeRunner(tc.owned, tc.ready)
+			r := fakeRunner(tc.ready)
 			st := r.computeStatus(pod(tc.gate), nil)
 			if got := condStatus(st, corev1.PodReady); got != tc.wantReady {
 				t.Errorf("Ready = %s, want %s", got, tc.wantReady)
@@ -92,7 +92,7 @@ func TestStatusIsStable(t *testing.T) {
 	const gate = corev1.PodConditionType("dnspulse.io/serving")
 	for _, gateStatus := range []corev1.ConditionStatus{corev1.ConditionTrue, corev1.ConditionFalse} {
 		for _, ready := range []bool{true, false} {
-			r := fakeRunner([]string{string(gate)}, ready)
+			r := fakeRunner(ready)
 			pod := &corev1.Pod{Spec: corev1.PodSpec{ReadinessGates: []corev1.PodReadinessGate{{ConditionType: gate}}}}
 			pod.Status.Conditions = []corev1.PodCondition{{Type: gate, Status: gateStatus, Reason: "ByTheHealer"}}
 			first := r.computeStatus(pod, nil)

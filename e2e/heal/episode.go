@@ -9,8 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dnspulse/dnspulse/e2e/cluster"
 	"github.com/miekg/dns"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
 )
 
 // Fault is one way a single CoreDNS replica fails. Inject breaks pod and returns what undoes it

@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dnspulse/dnspulse/e2e/cluster"
 	authv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
 )
 
 // steadyTimeout bounds the wait for the steady state before and after a test (a replaced
@@ -472,7 +473,7 @@ func TestPulseLeases(t *testing.T) {
 	for _, p := range pods {
 		var first string
 		err := obs.Wait(ctx, 30*time.Second, "a renewed Lease of "+p.Name, func() bool {
-			l, err := cl.Client.CoordinationV1().Leases(DNSNamespace).Get(ctx, p.Name, metav1.GetOptions{})
+			l, err := cl.Client.CoordinationV1().Leases(LeaseNamespace).Get(ctx, p.Name, metav1.GetOptions{})
 			if err != nil {
 				return false
 			}

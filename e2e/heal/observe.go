@@ -1,13 +1,9 @@
 package heal
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +17,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/dnspulse/dnspulse/e2e/cluster"
-	"github.com/dnspulse/dnspulse/healer/audit"
 )
 
 // ConditionServing is the readiness-gate condition the healer owns.
@@ -44,7 +39,10 @@ type PodRecord struct {
 	// ReadyChanges are the Ready condition's transitions after the first sighting, for the report
 	// of a failed test ("+" became Ready, "-" not Ready).
 	ReadyChanges []Transition
-	podReady     bool
+	// Gate is every change of the dnspulse.io/serving condition seen: What is its status and
+	// reason ("False DNSReplicaDegraded"), Seen when the Observer saw it.
+	Gate     []Transition
+	podReady bool
 }
 
 // Transition is a change the Observer saw, with its local time.
@@ -169,6 +167,12 @@ func (o *Observer) onPod(obj any, deleted bool) {
 		if cond.Type == ConditionServing && cond.Status == corev1.ConditionFalse && r.GateFalse.IsZero() {
 			r.GateFalse = now
 		}
+		if cond.Type == ConditionServing {
+			what := string(cond.Status) + " " + cond.Reason
+			if n := len(r.Gate); n == 0 || r.Gate[n-1].What != what {
+				r.Gate = append(r.Gate, Transition{Seen: now, What: what})
+			}
+		}
 	}
 	if p.DeletionTimestamp != nil && r.Terminated.IsZero() {
 		r.Terminated = now
@@ -280,6 +284,7 @@ func (r *PodRecord) copy() PodRecord {
 	cp := *r
 	cp.Events = append([]Event(nil), r.Events...)
 	cp.ReadyChanges = append([]Transition(nil), r.ReadyChanges...)
+	cp.Gate = append([]Transition(nil), r.Gate...)
 	return cp
 }
 
@@ -340,68 +345,4 @@ func (o *Observer) Wait(ctx context.Context, timeout time.Duration, what string,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// AuditLine is one line of the healer's audit log, as the healer's own audit package reads
-// it back, with the healer pod whose log held it.
-type AuditLine struct {
-	audit.Line
-	// Pod is the healer pod whose log held the line.
-	Pod string
-}
-
-func (l AuditLine) String() string { return l.Pod + ": " + l.Raw }
-
-// Audit reads the audit lines of every healer pod so far: the chart sends the audit log to stdout,
-// which the node agent writes to LogDir/pods/<ns>_<pod>_healer.log (appended across restarts),
-// between the healer's own log lines (audit.Read skips those).
-func Audit(c *cluster.Cluster) ([]AuditLine, error) {
-	files, err := filepath.Glob(filepath.Join(c.LogDir, "pods", HealerNamespace+"_*_healer.log"))
-	if err != nil {
-		return nil, err
-	}
-	var out []AuditLine
-	for _, f := range files {
-		pod := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), HealerNamespace+"_"), "_healer.log")
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		// The node agent writes the container's stdout and stderr into one file as it reads
-		// them, so a line can be cut by another (and the last one is being written): such a
-		// line is skipped, the others stand.
-		for _, raw := range bytes.Split(b, []byte("\n")) {
-			if l, err := audit.Parse(raw); err == nil {
-				out = append(out, AuditLine{Line: l, Pod: pod})
-			}
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
-	return out, nil
-}
-
-// FindAudit returns the first audit line at or after since that match accepts.
-func FindAudit(c *cluster.Cluster, since time.Time, match func(AuditLine) bool) (AuditLine, bool) {
-	lines, err := Audit(c)
-	if err != nil {
-		return AuditLine{}, false
-	}
-	for _, l := range lines {
-		if !l.Time.Before(since) && match(l) {
-			return l, true
-		}
-	}
-	return AuditLine{}, false
-}
-
-// AuditSince returns every audit line at or after since.
-func AuditSince(c *cluster.Cluster, since time.Time) []AuditLine {
-	lines, _ := Audit(c)
-	var out []AuditLine
-	for _, l := range lines {
-		if !l.Time.Before(since) {
-			out = append(out, l)
-		}
-	}
-	return out
 }

@@ -13,9 +13,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dnspulse/dnspulse/e2e/cluster"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/dnspulse/dnspulse/e2e/cluster"
 )
 
 const (
@@ -30,6 +31,15 @@ const (
 	// `forward`, so a replica whose upstream is broken fails it while its cluster.local answers work.
 	ForwardedName = "probe.dnspulse.test"
 	forwardedIP   = "192.0.2.53"
+	// LeaseNamespace holds the replicas' pulse Leases (build/coredns/lease-rbac.yaml): the
+	// CoreDNS ServiceAccount writes Leases there and nowhere else.
+	LeaseNamespace = "dnspulse-heartbeat"
+	// PartitionAfter is guards.partitionAfter in Values (45s by default): how long a replica
+	// the healer cannot reach but the cluster sees serving waits before it is reported.
+	PartitionAfter = 6 * time.Second
+	// MaxDrain is pulse's readiness_gate_max_drain in Corefile (its default): a gate False
+	// longer than this is opened again by pulse itself.
+	MaxDrain = 30 * time.Second
 )
 
 // WarmUp is remediation.warmUp in Values: how long a replica must have been Ready before the
@@ -57,6 +67,8 @@ pulse:
 canary:
   interval: 2s
   maxLag: 3s
+coredns:
+  pulseLeaseNamespace: ` + LeaseNamespace + `
 remediation:
   readinessGate: true
   warmUp: 10s
@@ -70,10 +82,14 @@ config:
     # are the production defaults' business, not the suite's.
     evictionsPerNode: 1000
     evictionsPerOwner: 1000
+    # A replica cut off from the healer but serving is reported after this (45s by default).
+    partitionAfter: 6s
 `
 
-// Corefile is the e2e cluster's Corefile with pulse's opt-in Lease heartbeat, and ForwardedName's
-// zone kept out of the cache so that a broken upstream shows at once rather than after the TTL.
+// Corefile is the e2e cluster's Corefile with pulse's opt-in Lease heartbeat in LeaseNamespace
+// (the healer reads it: G13's independent view), pulse opening its own readiness gate (fail
+// open), and ForwardedName's zone kept out of the cache so that a broken upstream shows at once
+// rather than after the TTL.
 const Corefile = `.:53 {
     errors
     health {
@@ -81,8 +97,9 @@ const Corefile = `.:53 {
     }
     ready
     pulse :9155 {
-       lease
+       lease ` + LeaseNamespace + `
        lease_interval 2s
+       readiness_gate
     }
     kubernetes cluster.local in-addr.arpa ip6.arpa {
        pods insecure

@@ -54,7 +54,7 @@ var allowedRules = map[string][]string{
 	"discovery.k8s.io/endpointslices": {"list", "watch"},
 	"/events":                         {"create", "patch"},
 	"events.k8s.io/events":            {"create", "patch"},
-	"coordination.k8s.io/leases":      {"get", "create", "update", "list", "watch"},
+	"coordination.k8s.io/leases":      {"get", "create", "update", "list", "watch", "delete"},
 	"/services":                       {"get", "update"},
 }
 
@@ -426,9 +426,9 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 						case key == "/services" && !slices.Equal(rule.ResourceNames, []string{canary}):
 							t.Errorf("%s %s: services rule not restricted to the canary %q: resourceNames %v", kind, name, canary, rule.ResourceNames)
 						case key == "coordination.k8s.io/leases" && role.Namespace == v.str("coredns.pulseLeaseNamespace"):
-							// The replicas' pulse Leases: read only.
-							if !slices.Equal(rule.Verbs, []string{"get", "list", "watch"}) {
-								t.Errorf("%s %s: pulse leases %v, want read only", kind, name, rule.Verbs)
+							// The replicas' pulse Leases: read, and delete those of pods that are gone.
+							if !slices.Equal(rule.Verbs, []string{"get", "list", "watch", "delete"}) {
+								t.Errorf("%s %s: pulse leases %v, want get, list, watch, delete", kind, name, rule.Verbs)
 							}
 						case key == "coordination.k8s.io/leases" && !slices.Equal(rule.Verbs, []string{"create"}) && !slices.Equal(rule.ResourceNames, []string{lease, lease + "-memory"}):
 							t.Errorf("%s %s: lease get/update not restricted to %q and its memory: %v", kind, name, lease, rule.ResourceNames)
@@ -449,7 +449,7 @@ func checkRBAC(t *testing.T, r *rendered, vals map[string]any) {
 		// The leader Lease, and the guards' memory beside it (also without leader election).
 		need = append(need, "coordination.k8s.io/leases:get", "coordination.k8s.io/leases:create", "coordination.k8s.io/leases:update")
 		if v.str("coredns.pulseLeaseNamespace") != "" {
-			need = append(need, "coordination.k8s.io/leases:list", "coordination.k8s.io/leases:watch")
+			need = append(need, "coordination.k8s.io/leases:list", "coordination.k8s.io/leases:watch", "coordination.k8s.io/leases:delete")
 		}
 		if v.str("remediation.allowDelete") == "true" {
 			need = append(need, "/pods:delete")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coredns/coredns/plugin/pkg/reuseport"
+
 	"github.com/dnspulse/dnspulse/heartbeat"
 
 	"github.com/miekg/dns"
@@ -32,7 +33,9 @@ type config struct {
 	lease          bool
 	leaseNamespace string
 	leaseInterval  time.Duration
-	maxWatchers    int // streams (GET /pulse?watch=1) served at once; 0: none
+	maxWatchers    int           // streams (GET /pulse?watch=1) served at once; 0: none
+	gate           string        // readiness_gate: the condition pulse opens on its own pod; "": off
+	maxDrain       time.Duration // readiness_gate_max_drain
 }
 
 // maxWatchersLimit bounds the watchers option.
@@ -48,6 +51,7 @@ func defaultConfig() config {
 		minQueries:    20,
 		leaseInterval: 5 * time.Second,
 		maxWatchers:   8,
+		maxDrain:      defaultMaxDrain,
 	}
 }
 
@@ -86,6 +90,7 @@ type runner struct {
 	ctx       context.Context // ends when the runner stops: streams end with it
 	lastProbe atomic.Pointer[heartbeat.SelfProbe]
 	lease     *leaser
+	gate      *gateKeeper
 
 	// For tests: how long a stream's write may block (0: stuckAfter's rule), and a
 	// wrapper of the listener.
@@ -118,6 +123,10 @@ func (r *runner) start() error {
 	if r.lease != nil {
 		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.lease.run(ctx, r.cfg.leaseInterval) }()
+	}
+	if r.gate != nil {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.gate.run(ctx) }()
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -16,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 // The Lease heartbeat is the healer's slow path and what an operator sees with kubectl:
@@ -32,8 +30,6 @@ const (
 	leaseLabelValue   = "dnspulse-pulse"
 )
 
-const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
 type leaser struct {
 	client    kubernetes.Interface
 	namespace string
@@ -45,18 +41,13 @@ type leaser struct {
 // newInClusterLeaser builds a leaser from the pod's in-cluster config.
 func newInClusterLeaser(namespace, name string) (*leaser, error) {
 	if namespace == "" {
-		b, err := os.ReadFile(serviceAccountNamespaceFile)
+		ns, err := ownNamespace()
 		if err != nil {
-			return nil, fmt.Errorf("lease: no namespace given and none in %s: %w", serviceAccountNamespaceFile, err)
+			return nil, fmt.Errorf("lease: no namespace given: %w", err)
 		}
-		namespace = strings.TrimSpace(string(b))
+		namespace = ns
 	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("lease: in-cluster config: %w", err)
-	}
-	cfg.Timeout = 5 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := inClusterClient()
 	if err != nil {
 		return nil, fmt.Errorf("lease: %w", err)
 	}
@@ -165,4 +156,32 @@ func leaseAnnotations(hb *heartbeat.Heartbeat) (map[string]string, error) {
 		annotationSummary: string(b),
 		annotationReasons: strings.Join(hb.Reasons, "; "),
 	}, nil
+}
+
+// releaseTimeout bounds the Lease's deletion at shutdown: CoreDNS is exiting.
+const releaseTimeout = 2 * time.Second
+
+// release deletes the Lease at a clean shutdown, best effort: a Lease cannot be owned by
+// the Pod across namespaces (no garbage collection), so pulse removes its own, and the
+// healer removes those of pods that died without it. Only a Lease this replica holds is
+// deleted, and only as read (the UID and resourceVersion are preconditions).
+func (l *leaser) release(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	leases := l.client.CoordinationV1().Leases(l.namespace)
+	cur, err := leases.Get(ctx, l.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return
+	}
+	if err == nil && (cur.Spec.HolderIdentity == nil || *cur.Spec.HolderIdentity != l.name) {
+		return
+	}
+	if err == nil {
+		err = leases.Delete(ctx, l.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cur.UID, ResourceVersion: &cur.ResourceVersion}})
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		log.Warningf("lease %s/%s: not deleted at shutdown (the healer removes it later): %v", l.namespace, l.name, err)
+		return
+	}
+	log.Infof("lease %s/%s: deleted at shutdown", l.namespace, l.name)
 }

@@ -65,3 +65,33 @@ func TestLeaseFailureIsCountedNotFatal(t *testing.T) {
 		t.Fatalf("failures %d, want 2", l.failures)
 	}
 }
+
+func TestLeaseReleasedAtShutdown(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	l := &leaser{client: cs, namespace: "dnspulse-heartbeat", name: "coredns-abc"}
+	l.release(ctx) // none yet: nothing to do, no error
+	l.update(testHeartbeat(1, "healthy"))
+	if err := l.renew(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l.release(ctx)
+	if _, err := cs.CoordinationV1().Leases("dnspulse-heartbeat").Get(ctx, "coredns-abc", metav1.GetOptions{}); err == nil {
+		t.Fatal("the Lease survived a clean shutdown")
+	}
+
+	// One held by someone else (a replica of the same name elsewhere) is not ours to delete.
+	if err := l.renew(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	other := "someone-else"
+	cur, _ := cs.CoordinationV1().Leases("dnspulse-heartbeat").Get(ctx, "coredns-abc", metav1.GetOptions{})
+	cur.Spec.HolderIdentity = &other
+	if _, err := cs.CoordinationV1().Leases("dnspulse-heartbeat").Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l.release(ctx)
+	if _, err := cs.CoordinationV1().Leases("dnspulse-heartbeat").Get(ctx, "coredns-abc", metav1.GetOptions{}); err != nil {
+		t.Fatalf("deleted a Lease held by another: %v", err)
+	}
+}

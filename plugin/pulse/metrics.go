@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/coredns/coredns/plugin"
+
 	"github.com/dnspulse/dnspulse/heartbeat"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +67,14 @@ var (
 		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "lease_renewals_total",
 		Help: "Lease heartbeat renewals by result (success, error).",
 	}, []string{"result"})
+	gateOpens = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "readiness_gate_opens_total",
+		Help: "Times pulse set its pod's readiness-gate condition True, by cause: absent (a new pod), drain-expired (False longer than readiness_gate_max_drain: no healer ended the drain).",
+	}, []string{"cause"})
+	gateErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace, Subsystem: "pulse", Name: "readiness_gate_errors_total",
+		Help: "Failed reads or writes of the pod's readiness-gate condition (each retried).",
+	})
 )
 
 func reportMetrics(listener string, hb *heartbeat.Heartbeat) {

@@ -1,6 +1,7 @@
 package pulse
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +50,15 @@ func setup(c *caddy.Controller) error {
 				r.lease = l
 			}
 		}
+		if cfg.gate != "" {
+			g, err := newInClusterGateKeeper(cfg.gate, cfg.maxDrain)
+			if err != nil {
+				// DNS comes up without it; the pod may stay unready until the healer opens it.
+				log.Errorf("readiness gate not kept open by pulse: %v", err)
+			} else {
+				r.gate = g
+			}
+		}
 		return r.start()
 	}
 	c.OnStartup(func() error { p.traced = srvCfg.Handler("trace") != nil; return nil })
@@ -57,7 +67,13 @@ func setup(c *caddy.Controller) error {
 	c.OnRestartFailed(func() error { runners.Set(cfg.addr, startRunner); return runners.ForEach() })
 	stop := func() error { runners.Unset(cfg.addr); return r.stop() }
 	c.OnRestart(stop)
-	c.OnFinalShutdown(stop)
+	c.OnFinalShutdown(func() error {
+		err := stop()
+		if r.lease != nil {
+			r.lease.release(context.Background()) // a reload keeps it; an exit removes it
+		}
+		return err
+	})
 
 	srvCfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		p.Next = next
@@ -125,6 +141,9 @@ func parse(c *caddy.Controller) (config, error) {
 	if cfg.replica == "" {
 		cfg.replica = defaultReplica()
 	}
+	if cfg.gate == "" && cfg.maxDrain != defaultMaxDrain {
+		return cfg, c.Errf("readiness_gate_max_drain without readiness_gate")
+	}
 	if cfg.probeTimeout > 0 && cfg.probeTimeout > cfg.tick*10 {
 		return cfg, c.Errf("self_probe_timeout %v is longer than ten ticks (%v)", cfg.probeTimeout, cfg.tick)
 	}
@@ -154,6 +173,10 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		cfg.leaseNamespace, err = parseOptionalWord(c)
 	case "lease_interval":
 		cfg.leaseInterval, err = parseDuration(c, time.Second, 10*time.Minute)
+	case "readiness_gate":
+		cfg.gate, err = parseGateCondition(c)
+	case "readiness_gate_max_drain":
+		cfg.maxDrain, err = parseDuration(c, minMaxDrain, time.Hour)
 	case "watchers":
 		cfg.maxWatchers, err = parseCountUpTo(c, maxWatchersLimit)
 	default:

@@ -18,7 +18,7 @@ func TestParse(t *testing.T) {
 		check   func(t *testing.T, c config)
 	}{
 		{input: `pulse`, check: func(t *testing.T, c config) {
-			if c.addr != ":9155" || c.tick != 50*time.Millisecond || c.servfailRatio != 0.25 || c.minQueries != 20 || c.lease {
+			if c.addr != ":9155" || c.tick != 50*time.Millisecond || c.servfailRatio != 0.25 || c.minQueries != 20 || c.lease || c.gate != "" {
 				t.Errorf("defaults: %+v", c)
 			}
 			if got := c.selfProbeTimeout(); got != 100*time.Millisecond {
@@ -30,11 +30,12 @@ func TestParse(t *testing.T) {
 				t.Errorf("addr %q", c.addr)
 			}
 		}},
-		{input: "pulse :9155 {\n tick 50ms\n self_probe kubernetes.default.svc.cluster.local AAAA\n self_probe_timeout 200ms\n replica coredns-abc\n servfail_ratio 0.5\n p99 80ms\n min_queries 5\n lease kube-system\n lease_interval 3s\n watchers 3\n}",
+		{input: "pulse :9155 {\n tick 50ms\n self_probe kubernetes.default.svc.cluster.local AAAA\n self_probe_timeout 200ms\n replica coredns-abc\n servfail_ratio 0.5\n p99 80ms\n min_queries 5\n lease kube-system\n lease_interval 3s\n watchers 3\n readiness_gate\n readiness_gate_max_drain 20s\n}",
 			check: func(t *testing.T, c config) {
 				want := config{addr: ":9155", tick: 50 * time.Millisecond, probeName: "kubernetes.default.svc.cluster.local.", probeType: dns.TypeAAAA,
 					probeTimeout: 200 * time.Millisecond, replica: "coredns-abc", servfailRatio: 0.5, p99: 80 * time.Millisecond, minQueries: 5,
-					lease: true, leaseNamespace: "kube-system", leaseInterval: 3 * time.Second, maxWatchers: 3}
+					lease: true, leaseNamespace: "kube-system", leaseInterval: 3 * time.Second, maxWatchers: 3,
+					gate: "dnspulse.io/serving", maxDrain: 20 * time.Second}
 				if c != want {
 					t.Errorf("got %+v\nwant %+v", c, want)
 				}

@@ -87,6 +87,7 @@ type Engine struct {
 	// memoryState: whether the guards' memory is loaded for the current leadership.
 	memoryState memoryState
 	memoryCh    chan memoryLoad
+	memoryOut   memoryWriter
 
 	outcomes chan op
 	// The batches taken from the views' mailboxes, handed back at the next take.

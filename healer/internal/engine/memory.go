@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/dnspulse/dnspulse/healer/audit"
@@ -90,11 +91,36 @@ func (e *Engine) saveMemory(ctx context.Context) {
 	}
 	m := e.guards.memory
 	m.Actions = append([]replica.ActionRecord(nil), m.Actions...)
+	seq := e.memoryOut.next()
 	go func() {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := e.mode.Memory.Save(sctx, m); err != nil {
+		if err := e.memoryOut.save(ctx, e.mode.Memory, m, seq); err != nil {
 			e.log.Warn("saving the guards' memory", "err", err)
 		}
 	}()
+}
+
+// memoryWriter orders the saves of the memory: each is numbered when the engine takes its
+// snapshot (next, on the engine's goroutine), and one that would overwrite a newer snapshot
+// already saved is skipped, so that two saves in flight cannot leave the older in the cluster.
+type memoryWriter struct {
+	seq   uint64 // the engine's goroutine only
+	mu    sync.Mutex
+	saved uint64
+}
+
+func (w *memoryWriter) next() uint64 { w.seq++; return w.seq }
+
+func (w *memoryWriter) save(ctx context.Context, store replica.MemoryStore, m replica.Memory, seq uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if seq <= w.saved {
+		return nil // a newer memory is in the cluster already
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := store.Save(sctx, m); err != nil {
+		return err
+	}
+	w.saved = seq
+	return nil
 }

@@ -157,6 +157,12 @@ func (e *Engine) startOp(ctx context.Context, action api.Action, r *replicaState
 		return
 	}
 	e.guards.start(r.target.Name)
+	var intent *replica.Memory
+	var intentSeq uint64
+	if action == "" && !dryRun && e.mode.Memory != nil {
+		m := withEviction(e.guards.memory, t, e.now(), e.order)
+		intent, intentSeq = &m, e.memoryOut.next()
+	}
 	go func() {
 		var o replica.Outcome
 		switch action {
@@ -165,7 +171,7 @@ func (e *Engine) startOp(ctx context.Context, action api.Action, r *replicaState
 		case api.ActionUndrain:
 			o = e.drainer.Undrain(ctx, t, why)
 		default:
-			o = e.mode.Remediator.Remediate(ctx, t, reasons, dryRun)
+			o = e.evictWriteAhead(ctx, t, reasons, dryRun, intent, intentSeq)
 		}
 		if o.Action == "" {
 			o.Action = action
@@ -218,14 +224,36 @@ func (e *Engine) finish(ctx context.Context, o op) {
 	}
 	if o.out.Result == api.ResultSuccess && !o.dryRun {
 		e.remember(ctx, o.target, now)
+	} else if !o.dryRun {
+		e.saveMemory(ctx) // undo the write-ahead: nothing was evicted
 	}
+}
+
+// evictWriteAhead saves the guards' memory with the eviction in it (intent) before evicting:
+// a leader killed between the Eviction and the save after it would leave the next leader
+// without the cooldown and the awaited replacement (G5, G11). Not saved: not evicted.
+func (e *Engine) evictWriteAhead(ctx context.Context, t replica.Target, reasons []string, dryRun bool, intent *replica.Memory, seq uint64) replica.Outcome {
+	if intent != nil {
+		if err := e.memoryOut.save(ctx, e.mode.Memory, *intent, seq); err != nil {
+			return replica.Outcome{Action: api.ActionEvict, Result: api.ResultError,
+				Message: "the guards' memory could not be saved before the eviction, so no eviction: " + err.Error()}
+		}
+	}
+	return e.mode.Remediator.Remediate(ctx, t, reasons, dryRun)
 }
 
 // remember records an eviction in the shared memory (cooldowns, budgets, the replacement
 // awaited) and saves it for any leader.
 func (e *Engine) remember(ctx context.Context, t replica.Target, now time.Time) {
-	m := &e.guards.memory
-	kept := m.Actions[:0]
+	e.guards.memory = withEviction(e.guards.memory, t, now, e.order)
+	e.saveMemory(ctx)
+}
+
+// withEviction is m with an eviction of t at now: the actions of the last hour and this one,
+// and its replacement awaited (a replica of its owner that none of the others is). m is not
+// changed.
+func withEviction(m replica.Memory, t replica.Target, now time.Time, replicas []*replicaState) replica.Memory {
+	var kept []replica.ActionRecord
 	for _, a := range m.Actions {
 		if now.Sub(a.At) < time.Hour {
 			kept = append(kept, a)
@@ -233,13 +261,13 @@ func (e *Engine) remember(ctx context.Context, t replica.Target, now time.Time) 
 	}
 	m.Actions = append(kept, replica.ActionRecord{Replica: t.Name, Owner: t.Owner, Node: t.Node, At: now})
 	p := &replica.Pending{Replica: t.Name, Owner: t.Owner, At: now}
-	for _, r := range e.order {
+	for _, r := range replicas {
 		if r.target.Owner == t.Owner && r.target.Name != t.Name {
 			p.Existing = append(p.Existing, r.target.Name)
 		}
 	}
 	m.Pending = p
-	e.saveMemory(ctx)
+	return m
 }
 
 // followReplacement ends the wait for an evicted replica's replacement (G5): a replica of

@@ -76,7 +76,10 @@ func (s *memStore) get() replica.Memory {
 
 // runKubeLike runs the engine over fakes that look like pods (a cluster view, an owner),
 // with fd as drainer and remediator and ms as memory.
-func runKubeLike(t *testing.T, fakes []*fakeReplica, fd *fakeDrainer, ms replica.MemoryStore, tune func(*config.Guards)) *syncBuffer {
+func runKubeLike(t *testing.T, fakes []*fakeReplica, fd interface {
+	replica.Remediator
+	replica.Drainer
+}, ms replica.MemoryStore, tune func(*config.Guards)) *syncBuffer {
 	t.Helper()
 	var ts []replica.Target
 	for _, f := range fakes {
@@ -179,5 +182,37 @@ func TestMemoryOfEarlierLeadersHolds(t *testing.T) {
 	m := ms.get()
 	if a := m.Actions[0]; a.Replica != "b" || a.Owner != "rs-1" || a.Node != "node-b" || m.Pending.Replica != "b" {
 		t.Errorf("memory saved %+v", m)
+	}
+}
+
+// writeAhead is a remediator that records what the memory store held when it was asked to evict.
+type writeAhead struct {
+	*fakeDrainer
+	ms      *memStore
+	mu      sync.Mutex
+	pending *replica.Pending
+}
+
+func (w *writeAhead) Remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {
+	w.mu.Lock()
+	w.pending = w.ms.get().Pending
+	w.mu.Unlock()
+	return w.fakeDrainer.Remediate(ctx, t, reasons, dryRun)
+}
+
+// The eviction is in the guards' memory before the Eviction is sent: a leader killed right
+// after it leaves its successor the cooldown and the awaited replacement.
+func TestEvictionIsSavedBeforeItIsSent(t *testing.T) {
+	fakes := []*fakeReplica{newFakeReplica(t, "a"), newFakeReplica(t, "b"), newFakeReplica(t, "c")}
+	fakes[1].kubeletNotReady = true
+	ms := &memStore{}
+	w := &writeAhead{fakeDrainer: &fakeDrainer{}, ms: ms}
+	runKubeLike(t, fakes, w, ms, nil)
+	fakes[1].broken.Store(true)
+	waitFor(t, func() bool { return strings.Contains(strings.Join(w.log(), ","), "evict b") })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pending == nil || w.pending.Replica != "b" {
+		t.Fatalf("memory at the eviction: pending %+v, want b's replacement awaited", w.pending)
 	}
 }

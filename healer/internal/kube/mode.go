@@ -23,6 +23,7 @@
 //	coordination.k8s.io leases           create       (create cannot be limited by name)
 //	# in the pulse Lease namespace (--pulse-lease-namespace), when given
 //	coordination.k8s.io leases           get, list, watch
+//	coordination.k8s.io leases           delete       (the Leases of pods that are gone: leasegc.go)
 //	# in the healer's own namespace ($POD_NAMESPACE): Events on its own pod
 //	events.k8s.io      events            create, patch
 //
@@ -87,6 +88,7 @@ type Mode struct {
 	canary      *canary
 	elector     *elector
 	memory      *memoryStore
+	leaseGC     *leaseCollector // nil without --pulse-lease-namespace
 	broadcaster events.EventBroadcaster
 	log         *slog.Logger
 	audit       AuditFunc
@@ -161,6 +163,10 @@ func NewWithClient(ctx context.Context, cfg config.Kubernetes, opts Options, cli
 	m.gates = &gateOpener{pods: inf.pods, changed: m.discovery.subscribe(), leader: leader, gate: gate,
 		enabled: cfg.ReadinessGate, drains: drains, clock: opts.Clock, log: log}
 	m.memory = &memoryStore{client: client, namespace: cfg.LeaderElection.Namespace, name: MemoryLeaseName(cfg.LeaderElection.Lease)}
+	if inf.leases != nil {
+		m.leaseGC = &leaseCollector{client: client, leases: inf.leases, leaseNS: cfg.PulseLeaseNamespace,
+			podNamespace: cfg.Namespace, leader: leader, clock: opts.Clock, log: log}
+	}
 	if cfg.Canary.Enabled {
 		m.canary = newCanary(client, cfg.Canary, cfg.ClusterDomain, leader, opts.Clock, log, opts.Audit)
 	}
@@ -261,6 +267,9 @@ func (m *Mode) Run(parent context.Context) error {
 		}
 	})
 	wg.Go(func() { m.gates.run(ctx) })
+	if m.leaseGC != nil {
+		wg.Go(func() { m.leaseGC.run(ctx) })
+	}
 	if m.canary != nil {
 		// Followers read the Service so that their view of fresh answers follows the leader's.
 		wg.Go(func() { m.canary.follow(ctx) })
