@@ -325,6 +325,45 @@ func TestRemediateRetriesTransient429(t *testing.T) {
 	}
 }
 
+// The budget's "no" to the eviction right after the healer's own drain (the pod still read
+// Ready while the disruption controller already counted it out: seen in e2e): once the pod
+// reads NotReady, the eviction is tried again, and passes as an unhealthy pod's.
+func TestRemediateRetriesAfterItsOwnDrainRaced(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ReadinessGate = true
+	h := newHarness(t, cfg, gatedPod("a", "10.0.0.1"), gatedPod("b", "10.0.0.2"))
+	h.sync()
+	evictReactor(h, nil)
+	var refused atomic.Int32
+	h.client.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "eviction" || isDryRunEviction(a) || refused.Add(1) > 1 {
+			return false, nil, nil
+		}
+		// The kubelet's part: the gate False turns the pod NotReady, a little later.
+		obj, err := h.client.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), testNS, "a")
+		if err != nil {
+			return true, nil, err
+		}
+		p := obj.(*corev1.Pod).DeepCopy()
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == corev1.PodReady {
+				p.Status.Conditions[i].Status = corev1.ConditionFalse
+			}
+		}
+		if err := h.client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), p, testNS); err != nil {
+			return true, nil, err
+		}
+		return true, nil, errTooManyRequests(0)
+	})
+	out := h.m.Remediator().Remediate(h.ctx, target("a", "10.0.0.1"), nil, false)
+	if out.Result != "success" || !strings.Contains(out.Message, "attempt 1") {
+		t.Fatalf("outcome %+v, want success at the second attempt", out)
+	}
+	if n := refused.Load(); n != 2 {
+		t.Fatalf("%d evictions, want 2", n)
+	}
+}
+
 func TestRemediateBlockedUsesServerRetryAfter(t *testing.T) {
 	h := newHarness(t, baseConfig(), pod("a", "10.0.0.1", &rsOwner))
 	h.sync()

@@ -116,7 +116,7 @@ func (r *remediator) remediate(ctx context.Context, t replica.Target, reasons []
 		}
 		return out
 	}
-	out := r.evictAndReport(ctx, pod, owner, existing, notes, why)
+	out := r.evictAndReport(ctx, pod, owner, existing, notes, why, gateSet)
 	if out.Result == api.ResultSuccess {
 		r.drains.forget(pod.UID)
 	}
@@ -142,18 +142,29 @@ func (r *remediator) notLeader() replica.Outcome {
 		Message: fmt.Sprintf("not the leader (identity %s): only the leader of lease %s acts", r.identity, r.leaseRef)}
 }
 
-func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string) replica.Outcome {
+func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner *metav1.OwnerReference, existing map[types.UID]bool, notes []string, why string, drainedNow bool) replica.Outcome {
 	ref := pod.Namespace + "/" + pod.Name
 	err := r.evict(ctx, pod, false)
 	attempts := 1
-	for ; attempts < evictAttempts && transient429(err) && ctx.Err() == nil; attempts++ {
-		notes = append(notes, fmt.Sprintf("attempt %d: %s", attempts, statusDetail(err)))
-		timer := time.NewTimer(evictRetryGap)
-		select {
-		case <-ctx.Done():
-		case <-timer.C:
+	for ; attempts < evictAttempts && ctx.Err() == nil; attempts++ {
+		transient := transient429(err)
+		// The budget's "no" right after this healer drained the pod is its own drain seen
+		// half-way: the pod read as Ready while the disruption controller already counted it
+		// out. Once the pod reads NotReady the apiserver takes the unhealthy pod's path
+		// (unhealthyPodEvictionPolicy), which the dry run before the drain approved.
+		racedDrain := !transient && drainedNow && apierrors.IsTooManyRequests(err) && r.awaitNotReady(ctx, pod)
+		if !transient && !racedDrain {
+			break
 		}
-		timer.Stop()
+		notes = append(notes, fmt.Sprintf("attempt %d: %s", attempts, statusDetail(err)))
+		if transient {
+			timer := time.NewTimer(evictRetryGap)
+			select {
+			case <-ctx.Done():
+			case <-timer.C:
+			}
+			timer.Stop()
+		}
 		if !r.leader.IsLeader() {
 			return r.notLeader()
 		}
@@ -183,6 +194,33 @@ func (r *remediator) evictAndReport(ctx context.Context, pod *corev1.Pod, owner 
 		msg := joinNotes(append(notes, fmt.Sprintf("evicting pod %s: %v", ref, err)))
 		r.notifier.event(pod, api.ReasonEvictionFailed, msg)
 		return replica.Outcome{Action: api.ActionEvict, Result: api.ResultError, Message: msg}
+	}
+}
+
+// drainSettle bounds the wait for a drained pod to read NotReady (the kubelet recomputes
+// Ready from the readiness gate within a second or so).
+const drainSettle = 3 * time.Second
+
+// awaitNotReady re-reads pod until it is NotReady (true) or gone, changed, or drainSettle
+// passed (false).
+func (r *remediator) awaitNotReady(ctx context.Context, pod *corev1.Pod) bool {
+	ctx, cancel := context.WithTimeout(ctx, drainSettle)
+	defer cancel()
+	for {
+		p, err := r.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err == nil && p.UID != pod.UID {
+			return false
+		}
+		if err == nil && !podReady(p) {
+			return p.DeletionTimestamp == nil
+		}
+		timer := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-timer.C:
+		}
 	}
 }
 
