@@ -2,7 +2,7 @@
 # The healer at scale (make bench-scale): the real healer binary in static mode, its default
 # flags but --dry-run, against SIZES simulated replicas on loopback addresses 127.77.x.y
 # (test/healer/scale_test.go, build tag integration): light DNS responders and pulse
-# listeners (GET /pulse, and GET /pulse?watch=1 streaming a line every 100 ms tick).
+# listeners (GET /pulse, and GET /pulse?watch=1 streaming a line every 50 ms tick, pulse's default).
 # The designs compared (DESIGNS, ';'-separated) run interleaved round by round (A/B, then
 # B/A), each: start-up until every replica is healthy; a steady window of WINDOW measuring
 # the healer's CPU (utime+stime from /proc) and memory, the probes answered, the heartbeat

@@ -32,7 +32,7 @@ import (
 // The scale benchmark (make bench-scale, hack/bench-scale.sh): the real healer in static
 // mode, its default flags but --dry-run, against N simulated replicas on loopback
 // addresses 127.77.x.y, each a light DNS responder (one A record) and a pulse listener
-// (GET /pulse, and GET /pulse?watch=1 streaming a line every 100 ms tick), comparing the
+// (GET /pulse, and GET /pulse?watch=1 streaming a line every 50 ms tick, pulse's default), comparing the
 // poll design (--pulse-stream=false) with the stream design in one run, interleaved round
 // by round. Per run: start-up until every replica is healthy; a steady window measuring
 // the healer's CPU (utime+stime from /proc) and memory, the probes answered, the heartbeat
@@ -71,7 +71,7 @@ func TestBenchScale(t *testing.T) {
 	}
 	var rows []string
 	for _, n := range sizes {
-		f := newFleet(t, n, 100*time.Millisecond)
+		f := newFleet(t, n, 50*time.Millisecond) // pulse's default tick
 		runs := map[string][]scaleRun{}
 		for round := range rounds {
 			order := slices.Clone(designs)
@@ -715,7 +715,9 @@ func (f *fleet) doc(r *simReplica, now time.Time, b []byte) []byte {
 	b = now.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","started":"`...)
 	b = f.start.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","tick":"100ms","windows":{`...)
+	b = append(b, `","tick":"`...)
+	b = append(b, f.tick.String()...)
+	b = append(b, `","windows":{`...)
 	for i, w := range []struct {
 		key string
 		n   int
