@@ -34,7 +34,7 @@ func (p *Pool) run(ctx context.Context) {
 		clear(out)
 		p.out = out[:0]
 
-		timer.Reset(max(next.Sub(time.Now()), start.Add(pollEvery).Sub(time.Now()), 0))
+		timer.Reset(max(time.Until(next), time.Until(start.Add(pollEvery)), 0))
 		select {
 		case <-ctx.Done():
 			return

@@ -35,7 +35,7 @@ func ancillary(oob []byte, now time.Time) (arrived time.Time, drops uint32, ok b
 		switch {
 		case h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && n >= unix.CmsgLen(int(unsafe.Sizeof(unix.Timespec{}))):
 			ts := (*unix.Timespec)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
-			if waited := now.UnixNano() - (int64(ts.Sec)*1e9 + int64(ts.Nsec)); waited >= 0 && waited <= int64(time.Second) {
+			if waited := now.UnixNano() - ts.Nano(); waited >= 0 && waited <= int64(time.Second) {
 				arrived = now.Add(-time.Duration(waited)) // else the wall clock stepped: the read time
 			}
 		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && n >= unix.CmsgLen(4):

@@ -95,7 +95,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		}
 		wait := time.Hour
 		if t, ok := s.q.Next(); ok {
-			wait = max(t.Sub(time.Now()), 0)
+			wait = max(time.Until(t), 0)
 		}
 		s.mu.Unlock()
 		timer.Reset(wait)
