@@ -360,6 +360,17 @@ func TestLeaderKilledMidRemediation(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Killed once its eviction is done and said: the audit line is written when the Eviction
+	// call returns, a moment after the pod is terminating, and a SIGKILL in between loses the
+	// line (not the guards' memory, written ahead) and with it this test's count of evictions.
+	if err := obs.Wait(ctx, 10*time.Second, "the audit line of the eviction of "+first.Name, func() bool {
+		_, ok := FindAudit(cl, t0, func(l AuditLine) bool {
+			return l.Event == "remediation" && l.Replica == first.Name && l.Action == "evict" && l.Result == "success"
+		})
+		return ok
+	}); err != nil {
+		t.Fatal(err)
+	}
 	pid, err := cl.PodPID(HealerNamespace, leader, "healer")
 	if err != nil {
 		t.Fatal(err)

@@ -158,8 +158,11 @@ func leaseAnnotations(hb *heartbeat.Heartbeat) (map[string]string, error) {
 	}, nil
 }
 
-// releaseTimeout bounds the Lease's deletion at shutdown: CoreDNS is exiting.
-const releaseTimeout = 2 * time.Second
+// releaseTimeout bounds the Lease's deletion at shutdown: CoreDNS is exiting, past its
+// lameduck, out of every endpoint, so a few seconds more of Terminating harm no client. 2 s
+// was too short for a loaded apiserver (e2e at a load average of 16: the Get alone took
+// longer); what is left behind the healer's leader deletes later.
+const releaseTimeout = 5 * time.Second
 
 // release deletes the Lease at a clean shutdown, best effort: a Lease cannot be owned by
 // the Pod across namespaces (no garbage collection), so pulse removes its own, and the
