@@ -78,7 +78,7 @@ func run() error {
 	if err := heal.PrepareCoreDNS(ctx, c, root); err != nil {
 		return fmt.Errorf("CoreDNS with the Lease heartbeat: %w", err)
 	}
-	say("CoreDNS restarted with pulse's Lease heartbeat (pulse { lease })")
+	say("CoreDNS restarted with pulse's Lease heartbeat in %s and its readiness gate (pulse { lease %s; readiness_gate })", heal.LeaseNamespace, heal.LeaseNamespace)
 	o, err := heal.Observe(context.Background(), c)
 	if err != nil {
 		return err
@@ -177,14 +177,14 @@ Look around (another shell, as root):
   export KUBECONFIG=%s PATH=%s:$PATH
   kubectl get pods -A -o wide
   kubectl get events -n kube-system --sort-by=.lastTimestamp | grep -i dnspulse   # ReplicaDegraded, ReadinessGateSet, Evicted
-  kubectl get leases -n kube-system                  # one pulse Lease per CoreDNS replica (dnspulse.io/verdict annotation)
+  kubectl get leases -n %s          # one pulse Lease per CoreDNS replica (dnspulse.io/verdict annotation)
   kubectl get lease -n %s dnspulse-healer -o yaml     # the healer's leader
   grep -h '"event"' %s/pods/%s_*_healer.log   # the audit log (the healers' stdout; no kubelet, so no kubectl logs)
   curl -s http://%s:9155/pulse                        # a replica's heartbeat
   curl -s http://%s:9156/metrics | grep dnspulse_healer_
   dig @%s kubernetes.default.svc.cluster.local        # pods are reachable from the host on the bridge
 Logs of every component and pod: %s
-`, c.Kubeconfig, c.BinDir, heal.HealerNamespace, c.LogDir, heal.HealerNamespace, pulseIP, healerIP, pulseIP, c.LogDir)
+`, c.Kubeconfig, c.BinDir, heal.LeaseNamespace, heal.HealerNamespace, c.LogDir, heal.HealerNamespace, pulseIP, healerIP, pulseIP, c.LogDir)
 	switch {
 	case wait == 0:
 		return nil
