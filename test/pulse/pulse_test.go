@@ -255,15 +255,23 @@ func TestReadmeExamples(t *testing.T) {
 }
 
 // rewriteAddrs points the server blocks at a free loopback port and pulse at another,
-// forwards to a dead loopback port, drops lines that need a cluster (lease), and leaves
+// forwards to a dead loopback port, drops what needs a cluster (lease, kubernetes), and leaves
 // the rest as the README has it.
 func rewriteAddrs(cf string, dnsPort, pulsePort int) string {
 	var out []string
+	skip := false // inside a kubernetes block: it needs a cluster, proven end to end
 	sc := bufio.NewScanner(strings.NewReader(cf))
 	for sc.Scan() {
 		line := sc.Text()
 		trim := strings.TrimSpace(line)
+		if skip {
+			skip = trim != "}"
+			continue
+		}
 		switch {
+		case strings.HasPrefix(trim, "kubernetes ") || trim == "kubernetes":
+			skip = strings.HasSuffix(trim, "{")
+			continue
 		case strings.HasSuffix(trim, "{") && !strings.HasPrefix(trim, "pulse") && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t"):
 			zones := strings.Fields(strings.TrimSuffix(trim, "{"))
 			for j, z := range zones {

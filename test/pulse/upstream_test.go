@@ -27,13 +27,20 @@ func startUpstream(t *testing.T) *upstream {
 	t.Helper()
 	u := &upstream{askedSilent: map[string]int{}, askedChanged: make(chan struct{})}
 	u.ip.Store(net.IPv4(192, 0, 2, 1))
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// A free UDP port's TCP twin may be in use (any connection's ephemeral port): try another.
+	var pc net.PacketConn
+	var ln net.Listener
+	var err error
+	for range 20 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
 		pc.Close()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	u.addr = pc.LocalAddr().String()
