@@ -1,6 +1,7 @@
 package kube
 
-// The Eviction call itself, its retries, and what its errors mean.
+// The eviction: the pod re-read before it, the Eviction call, its retries, and what its
+// errors mean.
 
 import (
 	"context"
@@ -15,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 
 	"github.com/dnspulse/dnspulse/healer/api"
@@ -83,24 +85,21 @@ const drainSettle = 3 * time.Second
 // awaitNotReady re-reads pod until it is NotReady (true) or gone, changed, or drainSettle
 // passed (false).
 func (r *remediator) awaitNotReady(ctx context.Context, pod *corev1.Pod) bool {
-	ctx, cancel := context.WithTimeout(ctx, drainSettle)
-	defer cancel()
-	for {
+	notReady := false
+	_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, drainSettle, true, func(ctx context.Context) (bool, error) {
 		p, err := r.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err == nil && p.UID != pod.UID {
-			return false
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil // gone: nothing left to evict
+		case err != nil:
+			return false, nil // an API blip: read again
+		case p.UID != pod.UID || p.DeletionTimestamp != nil:
+			return true, nil // replaced, or terminating already
 		}
-		if err == nil && !podReady(p) {
-			return p.DeletionTimestamp == nil
-		}
-		timer := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return false
-		case <-timer.C:
-		}
-	}
+		notReady = !podReady(p)
+		return notReady, nil
+	})
+	return notReady
 }
 
 // recheck re-reads the pod from the API: between the judgment and now it may have gone,
