@@ -26,6 +26,12 @@ import (
 //
 // The zero value is ready to use; a Decoder is not safe for concurrent use.
 type Decoder struct {
+	// KeepWindows, when not nil, names the windows Decode keeps in Heartbeat.Windows. The
+	// others must be there and be objects, as for Parse, but are read for their syntax only:
+	// neither decoded nor validated, and left out of the result. A reader that uses one
+	// window (the healer reads 1s) skips two thirds of a heartbeat's numbers and maps.
+	KeepWindows []string
+
 	tick    []byte // the last tick string and its value: the same every time
 	tickVal Duration
 	scratch []byte              // unescaped strings
@@ -39,16 +45,31 @@ func (d *Decoder) Decode(body []byte, hb *Heartbeat) error {
 	if len(body) > MaxBodyBytes {
 		return fmt.Errorf("heartbeat: body larger than %d bytes", MaxBodyBytes)
 	}
-	s := scanner{b: body, d: d}
+	keep := d.keepMask()
+	s := scanner{b: body, d: d, keep: keep}
 	if !s.heartbeat(hb) {
-		return d.slow(body, hb)
+		return d.slow(body, hb, keep)
 	}
-	return hb.Validate()
+	return hb.validate(keep, s.skipped)
+}
+
+// keepMask is KeepWindows as bits of WindowKeys.
+func (d *Decoder) keepMask() uint32 {
+	if d.KeepWindows == nil {
+		return allWindows
+	}
+	var m uint32
+	for _, k := range d.KeepWindows {
+		if i := slices.Index(WindowKeys, k); i >= 0 {
+			m |= 1 << i
+		}
+	}
+	return m
 }
 
 // slow is Parse, for the inputs the scanner does not take.
-func (d *Decoder) slow(body []byte, hb *Heartbeat) error {
-	p, err := Parse(body)
+func (d *Decoder) slow(body []byte, hb *Heartbeat, keep uint32) error {
+	p, err := parse(body, keep)
 	if err != nil {
 		return err
 	}
@@ -70,6 +91,8 @@ type scanner struct {
 	b []byte
 	i int
 	d *Decoder
+	// keep: the windows decoded (bits of WindowKeys); skipped: those read for syntax only.
+	keep, skipped uint32
 }
 
 func (s *scanner) ws() {
@@ -491,6 +514,14 @@ func (s *scanner) windows(hb *Heartbeat, seen *uint32) bool {
 		name, i := windowKey(k)
 		if i < 0 {
 			return false // a window pulse does not write: Parse keeps it
+		}
+		if s.keep&(1<<i) == 0 {
+			// Not wanted: an object (Parse would fail on anything else), its syntax checked.
+			if s.ws(); s.i >= len(s.b) || s.b[s.i] != '{' || !s.skip() {
+				return false
+			}
+			s.skipped |= 1 << i
+			continue
 		}
 		w := hb.Windows[name]
 		if !s.window(&w) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,6 +216,108 @@ func TestStreamReaderLimits(t *testing.T) {
 // BenchmarkDecode compares Parse (encoding/json) with the Decoder on a busy heartbeat,
 // the next tick each time. Run: go test -run '^$' -bench Decode ./heartbeat, compare with
 // benchstat -col /decoder.
+// parseKeep is Parse keeping only the windows keep names, as a Decoder with KeepWindows
+// should decode a heartbeat whose other windows are valid.
+func parseKeep(t *testing.T, body []byte, keep ...string) *Heartbeat {
+	t.Helper()
+	hb, err := Parse(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range hb.Windows {
+		if !slices.Contains(keep, k) {
+			delete(hb.Windows, k)
+		}
+	}
+	return hb
+}
+
+func TestDecoderKeepWindows(t *testing.T) {
+	good := string(marshal(t, busy()))
+	d := Decoder{KeepWindows: []string{Window1s}}
+	hb := new(Heartbeat)
+	// Decoded into the same heartbeat one after the other: what an earlier decode left
+	// (the full one's 10s and 60s windows) must not stay.
+	var full Decoder
+	if err := full.Decode([]byte(good), hb); err != nil || len(hb.Windows) != 3 {
+		t.Fatalf("full decode: %v, %d windows", err, len(hb.Windows))
+	}
+	for name, body := range map[string]string{
+		"busy":               good,
+		"healthy":            string(marshal(t, valid())),
+		"indented":           strings.ReplaceAll(good, ",", ",\n  "),
+		"escaped string":     strings.Replace(good, `"replica":"r"`, `"replica":"r\u00e9\n"`, 1), // the slow path
+		"60s window bad":     strings.Replace(good, `"60s":{"queries":3000`, `"60s":{"queries":3000,"servfailRatio":7,"x":[1,{}]`, 1),
+		"10s window foreign": strings.Replace(good, `"10s":{"queries":2000`, `"10s":{"queries":"many"`, 1),
+	} {
+		if err := d.Decode([]byte(body), hb); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		fixed := strings.NewReplacer(`,"servfailRatio":7,"x":[1,{}]`, ``, `"queries":"many"`, `"queries":2000`).Replace(body)
+		if want := parseKeep(t, []byte(fixed), Window1s); !reflect.DeepEqual(*want, *hb) {
+			t.Fatalf("%s:\n%#v\nwant\n%#v", name, *hb, *want)
+		}
+	}
+	// What is still wrong when only 1s is kept: a window missing, or not an object, and
+	// anything wrong in the 1s window, with Parse's error.
+	edit := func(f func(windows map[string]any)) string {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(good), &m); err != nil {
+			t.Fatal(err)
+		}
+		f(m["windows"].(map[string]any))
+		return string(marshal2(t, m))
+	}
+	for name, tc := range map[string]struct{ body, err string }{
+		"60s missing":     {edit(func(w map[string]any) { delete(w, Window60s) }), `window "60s" missing`},
+		"10s not object":  {edit(func(w map[string]any) { w[Window10s] = []any{w[Window10s]} }), "malformed JSON"},
+		"1s ratio":        {edit(func(w map[string]any) { w[Window1s].(map[string]any)["servfailRatio"] = 1.5 }), "servfailRatio 1.5 out of [0,1]"},
+		"1s syntax error": {strings.Replace(good, `"queries":1000`, `"queries":1000,,`, 1), "malformed JSON"},
+	} {
+		err := d.Decode([]byte(tc.body), hb)
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: error %v, want %q", name, err, tc.err)
+		}
+	}
+}
+
+func marshal2(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzDecoderKeepWindows: a body Parse accepts decodes with KeepWindows as Parse decodes
+// it, less the other windows; whatever Decode accepts has every window and a valid 1s.
+func FuzzDecoderKeepWindows(f *testing.F) {
+	f.Add(marshal(f, busy()))
+	f.Add(marshal(f, valid()))
+	f.Add([]byte(`{"windows":{"1s":{"rcodes":{"NOERROR":1}},"10s":{"a":"\u00e9"},"60s":{}}}`))
+	d := Decoder{KeepWindows: []string{Window1s}}
+	hb := new(Heartbeat)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		err := d.Decode(body, hb)
+		if want, perr := Parse(body); perr == nil {
+			delete(want.Windows, Window10s)
+			delete(want.Windows, Window60s)
+			if err != nil || !reflect.DeepEqual(*want, *hb) {
+				t.Fatalf("%q: Parse accepts it; Decode %v\n%#v\nwant\n%#v", body, err, *hb, *want)
+			}
+		}
+		if err == nil {
+			if _, ok := hb.Windows[Window1s]; !ok || len(hb.Windows) != 1 {
+				t.Fatalf("%q: accepted with windows %v", body, hb.Windows)
+			}
+			if err := hb.Windows[Window1s].validate(); err != nil {
+				t.Fatalf("%q: accepted with a bad 1s window: %v", body, err)
+			}
+		}
+	})
+}
+
 func BenchmarkDecode(b *testing.B) {
 	var bodies [][]byte
 	for i := range 16 {
@@ -242,4 +345,22 @@ func BenchmarkDecode(b *testing.B) {
 			}
 		}
 	})
+	// As the healer's stream reader decodes: a new Heartbeat per line (the detector keeps
+	// the last one), every window or only the 1s one it reads.
+	for _, keep := range [][]string{nil, {Window1s}} {
+		name := "decoder=fast,fresh-heartbeat,windows=all"
+		if keep != nil {
+			name = "decoder=fast,fresh-heartbeat,windows=1s"
+		}
+		b.Run(name, func(b *testing.B) {
+			d := Decoder{KeepWindows: keep}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(bodies[0])))
+			for i := 0; b.Loop(); i++ {
+				if err := d.Decode(bodies[i%len(bodies)], new(Heartbeat)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -136,6 +136,15 @@ func Decode(r io.Reader) (*Heartbeat, error) {
 
 // Parse is Decode on a byte slice.
 func Parse(body []byte) (*Heartbeat, error) {
+	return parse(body, allWindows)
+}
+
+// allWindows has a bit set for each of WindowKeys.
+var allWindows uint32 = 1<<len(WindowKeys) - 1
+
+// parse is Parse keeping only the windows in keep (bits of WindowKeys): the others must be
+// there but are not validated (Decoder.KeepWindows).
+func parse(body []byte, keep uint32) (*Heartbeat, error) {
 	if len(body) > MaxBodyBytes {
 		return nil, fmt.Errorf("heartbeat: body larger than %d bytes", MaxBodyBytes)
 	}
@@ -143,14 +152,25 @@ func Parse(body []byte) (*Heartbeat, error) {
 	if err := json.Unmarshal(body, &hb); err != nil {
 		return nil, fmt.Errorf("heartbeat: malformed JSON: %w", err)
 	}
-	if err := hb.Validate(); err != nil {
+	if err := hb.validate(keep, 0); err != nil {
 		return nil, err
+	}
+	for i, k := range WindowKeys {
+		if keep&(1<<i) == 0 {
+			delete(hb.Windows, k)
+		}
 	}
 	return &hb, nil
 }
 
 // Validate reports the first way hb is not a usable version-1 heartbeat.
 func (hb *Heartbeat) Validate() error {
+	return hb.validate(allWindows, 0)
+}
+
+// validate is Validate for the windows in keep; those in skipped (bits of WindowKeys) were
+// seen but not decoded, and count as present.
+func (hb *Heartbeat) validate(keep, skipped uint32) error {
 	switch {
 	case hb.Version != Version:
 		return fmt.Errorf("heartbeat: version %d: %w", hb.Version, ErrForeign)
@@ -162,10 +182,13 @@ func (hb *Heartbeat) Validate() error {
 	if f := hb.InFlight; f != nil && f.Count == 0 && f.OldestMicros != 0 {
 		return fmt.Errorf("heartbeat: inflight oldestMicros %d with count 0", f.OldestMicros)
 	}
-	for _, k := range WindowKeys {
+	for i, k := range WindowKeys {
 		w, ok := hb.Windows[k]
-		if !ok {
+		if !ok && skipped&(1<<i) == 0 {
 			return fmt.Errorf("heartbeat: window %q missing: %w", k, ErrForeign)
+		}
+		if keep&(1<<i) == 0 {
+			continue
 		}
 		if err := w.validate(); err != nil {
 			return fmt.Errorf("heartbeat: window %q: %w", k, err)

@@ -146,8 +146,14 @@ type reader struct {
 	pollDec  heartbeat.Decoder
 }
 
+// newDecoder decodes what the detector reads of a heartbeat: every field but the 10s and
+// 60s windows, which are checked to be there and skipped (most of a line's numbers).
+func newDecoder() heartbeat.Decoder {
+	return heartbeat.Decoder{KeepWindows: []string{heartbeat.Window1s}}
+}
+
 func (p *Pool) newReader(w *schedule.Worker) *reader {
-	r := &reader{Worker: w, pool: p, url: "http://" + w.Addr + heartbeat.Path, lastSign: time.Now(), tick: defaultTick}
+	r := &reader{Worker: w, pool: p, url: "http://" + w.Addr + heartbeat.Path, lastSign: time.Now(), tick: defaultTick, pollDec: newDecoder()}
 	if p.cfg.Stream {
 		go r.stream()
 	} else {

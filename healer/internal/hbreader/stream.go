@@ -214,7 +214,7 @@ func (r *reader) watch() (lines int, err error) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 4096), heartbeat.MaxBodyBytes+1)
 	_ = conn.SetDeadline(time.Time{})
-	var dec heartbeat.Decoder
+	dec := newDecoder()
 	for sc.Scan() {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
@@ -261,7 +261,7 @@ func (r *reader) oldPulse(body io.Reader) {
 	}
 	r.pool.Bytes.Add(uint64(len(b)))
 	hb := new(heartbeat.Heartbeat)
-	var dec heartbeat.Decoder
+	dec := newDecoder()
 	if err := dec.Decode(b, hb); err != nil {
 		r.pool.Invalid.Add(1)
 		r.pool.Results.Put(Result{Replica: r.Name, Sent: now, Kind: Invalid, Err: err})
