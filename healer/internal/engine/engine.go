@@ -147,8 +147,8 @@ type nopNotifier struct{}
 func (nopNotifier) Notify(replica.Target, api.Reason, string) {}
 func (nopNotifier) NotifyHealer(api.Reason, string)           {}
 
-// minEvalGap bounds how often the detector judges every replica: results arriving
-// closer together are judged together (it costs at most this much detection latency).
+// minEvalGap bounds how often the detector judges the replicas: results arriving closer
+// together are taken and judged together (it costs at most this much detection latency).
 const minEvalGap = 4 * time.Millisecond
 
 // Run runs until ctx ends. It returns an error only when something cannot start or the
@@ -200,18 +200,33 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer evalTicker.Stop()
 	evalTimer := time.NewTimer(time.Hour)
 	evalTimer.Stop()
-	timerArmed := false
+	// The views' results are taken and judged together, at most every minEvalGap: a result
+	// that arrives sooner after the last judgment waits in its mailbox, and the engine stops
+	// listening to the mailboxes until then. A fleet's results then cost the engine a
+	// wake-up per judgment, not one per result (at 1,000 replicas, 20,000 stream lines and
+	// 1,000 probe batches a second), and the probes and readers never wait for it.
+	probeReady, readReady := e.probes.Results.Ready(), e.reads.Results.Ready()
 	var lastEval time.Time
 	evaluate := func() {
+		e.probeBuf = e.probes.Results.Take(e.probeBuf)
+		for i := range e.probeBuf {
+			e.observeProbe(&e.probeBuf[i])
+		}
+		e.readBuf = e.reads.Results.Take(e.readBuf)
+		for i := range e.readBuf {
+			e.observeHeartbeat(&e.readBuf[i])
+		}
 		lastEval = e.now()
 		e.evaluate(ctx, lastEval)
 	}
 	soon := func() {
 		if since := e.now().Sub(lastEval); since >= minEvalGap {
 			evaluate()
-		} else if !timerArmed {
-			evalTimer.Reset(minEvalGap - since)
-			timerArmed = true
+			return
+		}
+		if probeReady != nil {
+			evalTimer.Reset(minEvalGap - e.now().Sub(lastEval))
+			probeReady, readReady = nil, nil
 		}
 	}
 	for {
@@ -221,22 +236,12 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case err := <-errc:
 			return err
-		case <-e.probes.Results.Ready():
-			// Everything the probes sent since the last take, at once: one wake-up per
-			// batch, and the probes never wait for the engine.
-			e.probeBuf = e.probes.Results.Take(e.probeBuf)
-			for i := range e.probeBuf {
-				e.observeProbe(&e.probeBuf[i])
-			}
+		case <-probeReady:
 			soon()
-		case <-e.reads.Results.Ready():
-			e.readBuf = e.reads.Results.Take(e.readBuf)
-			for i := range e.readBuf {
-				e.observeHeartbeat(&e.readBuf[i])
-			}
+		case <-readReady:
 			soon()
 		case <-evalTimer.C:
-			timerArmed = false
+			probeReady, readReady = e.probes.Results.Ready(), e.reads.Results.Ready()
 			evaluate()
 		case <-evalTicker.C:
 			evaluate()

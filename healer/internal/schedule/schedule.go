@@ -74,6 +74,11 @@ func (s *Scheduler) poke() {
 	}
 }
 
+// minPass is the least time between two passes of Run: a key fires up to this late, and
+// a thousand keys due at a thousand different times (the heartbeat streams' stall checks,
+// one per line) cost at most a thousand wake-ups a second, not one per key.
+const minPass = time.Millisecond
+
 // Run fires due keys until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
@@ -95,7 +100,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		}
 		wait := time.Hour
 		if t, ok := s.q.Next(); ok {
-			wait = max(time.Until(t), 0)
+			wait = max(time.Until(t), time.Until(now.Add(minPass)), 0)
 		}
 		s.mu.Unlock()
 		timer.Reset(wait)
