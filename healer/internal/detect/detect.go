@@ -63,6 +63,9 @@ type Detector struct {
 	dirty    []*evidence
 	lastFull time.Time
 	changed  bool
+	// probedAt is the latest time a probe result speaks for (a reply's arrival, a timeout's
+	// judgment): see probesAsOf.
+	probedAt time.Time
 }
 
 // New makes a detector for the given checks (indexed as probe.Result.Check); a replica is

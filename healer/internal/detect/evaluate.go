@@ -201,13 +201,17 @@ func (d *Detector) applyLatency(ev *evaluation, r *evidence, e *externalView) {
 		return
 	}
 	m := time.Duration(mf)
-	since := d.slowSince(e, m, ev.now)
+	since, latest, bound := d.slowSince(e, m, ev.now, d.probesAsOf(ev.now))
 	if since.IsZero() {
 		return
 	}
 	e.failing = true
-	e.reasons = append(e.reasons, fmt.Sprintf("probes slower than peers (%s) for %s, the latest %s",
-		m.Round(100*time.Microsecond), ev.now.Sub(since).Round(time.Millisecond), e.lastAnswered().latency.Round(time.Millisecond)))
+	atLeast := ""
+	if bound {
+		atLeast = "at least "
+	}
+	e.reasons = append(e.reasons, fmt.Sprintf("probes slower than peers (%s) for %s, the latest %s%s",
+		m.Round(100*time.Microsecond), ev.now.Sub(since).Round(time.Millisecond), atLeast, latest.Round(time.Millisecond)))
 	if e.since.IsZero() || since.Before(e.since) {
 		e.since = since
 	}

@@ -37,7 +37,8 @@ type evidence struct {
 	canaryOKAt      time.Time
 
 	// The heartbeat: the last read, the last valid heartbeat, failed reads in a row.
-	read         *hbreader.Result
+	read         *hbreader.Result // nil before the first, else &readBuf
+	readBuf      hbreader.Result
 	lastHB       *heartbeat.Heartbeat
 	readFailures int
 	ownLatency   ewma.Duration // probe latency while not an outlier (R8: a hint)
@@ -68,13 +69,14 @@ const (
 )
 
 type probeObs struct {
-	sent    time.Time
-	latency time.Duration
-	outcome outcome
-	rcode   int
-	ttl     time.Duration // the answer's smallest TTL
-	why     string
-	check   int // index of the check (probe.Result.Check)
+	sent     time.Time
+	latency  time.Duration
+	outcome  outcome
+	rcode    int
+	ttl      time.Duration // the answer's smallest TTL
+	why      string
+	check    int  // index of the check (probe.Result.Check)
+	timedOut bool // silent because it timed out (not an error): its latency grows while no reply comes
 }
 
 // answered says whether the replica answered the probe at all (in time or late).
@@ -98,6 +100,9 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	if res.TTL > d.maxTTL[res.Check] {
 		d.maxTTL[res.Check] = res.TTL
 	}
+	if at := res.Sent.Add(res.Latency); at.After(d.probedAt) {
+		d.probedAt = at // a reply read or a timeout judged: the probes' clock (probesAsOf)
+	}
 	if res.LateReply {
 		d.observeLateReply(r, res)
 		return
@@ -106,6 +111,7 @@ func (d *Detector) ObserveProbe(res probe.Result) {
 	switch {
 	case res.Err != nil && res.Timeout:
 		o.outcome, o.why = outcomeSilent, fmt.Sprintf("probe timeout after %s", res.Latency.Round(time.Millisecond))
+		o.timedOut = true
 	case res.Err != nil:
 		o.outcome, o.why = outcomeSilent, "probe error: "+res.Err.Error()
 	case res.Failure != "":
@@ -169,14 +175,25 @@ func (d *Detector) ObserveHeartbeat(res hbreader.Result) {
 		return
 	}
 	d.markDirty(r)
-	cp := res
-	r.read = &cp
+	r.readBuf = res
+	r.read = &r.readBuf // no allocation per read
 	if res.Kind == hbreader.OK {
 		r.lastHB = res.HB
 		r.readFailures = 0
 	} else {
 		r.readFailures++
 	}
+}
+
+// probesAsOf is when the probes last reported, at the latest now: every reply that came
+// before then has been observed (the probe loop reads its sockets before it judges a
+// deadline, and the engine takes every result before a judgment), so a probe without one
+// had waited at least that long. If the probe loop stalls, this stalls with it.
+func (d *Detector) probesAsOf(now time.Time) time.Time {
+	if d.probedAt.After(now) {
+		return now
+	}
+	return d.probedAt
 }
 
 // hbCurrent says whether the replica's last read gave a heartbeat.

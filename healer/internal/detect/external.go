@@ -52,7 +52,9 @@ type externalView struct {
 	recovered bool
 	anyBad    bool
 	latency   time.Duration // median latency of the recent answered probes; 0 if < 2
+	lastAns   probeObs      // the latest answered probe (zero when none)
 	last      []probeObs    // the RecentProbes latest, by send time (shares r.probes)
+	recent    []probeObs    // every probe within the Window, by send time (shares r.probes)
 }
 
 // judgeExternal judges the probes of r at now by R9 (the latency rule R10 needs the peers
@@ -118,18 +120,26 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 
 	last := recent[max(0, len(recent)-d.th.RecentProbes):]
 	e.last = last
+	for _, o := range last {
+		if !d.isBroken(o.check) { // R13: a broken check says nothing of the replica
+			e.anyBad = e.anyBad || !o.good()
+		}
+	}
+	// The latency: the median of the latest RecentProbes answered probes (in time or late),
+	// however many unanswered ones were sent since: a replica slower than the probe
+	// interval x RecentProbes has only unanswered probes among its latest.
 	var lats [config.MaxRecentProbes]time.Duration
 	nl := 0
-	for _, o := range last {
-		if d.isBroken(o.check) {
-			continue // R13: a broken check says nothing of the replica
-		}
-		e.anyBad = e.anyBad || !o.good()
-		if o.answered() {
+	for i := len(recent) - 1; i >= 0 && nl < d.th.RecentProbes; i-- {
+		if o := &recent[i]; o.answered() && !d.isBroken(o.check) {
+			if nl == 0 {
+				e.lastAns = *o
+			}
 			lats[nl] = o.latency
 			nl++
 		}
 	}
+	e.recent = recent
 	tail, n := recent, 0
 	for i := len(recent) - 1; i >= 0 && n < d.th.RecoverSuccesses; i-- {
 		if !d.isBroken(recent[i].check) {
@@ -152,37 +162,43 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 // isBroken says whether check c is left out of the judgment (R13).
 func (d *Detector) isBroken(c int) bool { return c >= 0 && c < maxChecks && d.broken[c] }
 
-// lastAnswered is the latest answered probe of the view (zero when none).
-func (e *externalView) lastAnswered() probeObs {
-	for i := len(e.last) - 1; i >= 0; i-- {
-		if e.last[i].answered() {
-			return e.last[i]
-		}
-	}
-	return probeObs{}
-}
-
-// slowSince applies R10 to a view: the latest MinFailures answered probes all are latency
-// outliers against the peers' median m, and the run of outliers spans MinFailSpan. It
-// returns the send time of the run's first probe, or zero.
-func (d *Detector) slowSince(e *externalView, m time.Duration, now time.Time) time.Time {
+// slowSince applies R10 to a view: its latest probes, back to the first answered within the
+// peers' latency, are latency outliers against the peers' median m, at least MinFailures of
+// them, spanning MinFailSpan. A probe that timed out and has no late reply yet counts by
+// what is known of its latency: at least asOf minus its send time, asOf being when the
+// probes last reported (a reply that came before then has been seen); one not an outlier
+// by that yet is skipped. So a replica slower than its timeout is judged as soon as a hung
+// one, not only once the slow replies are in (a late reply ends R9's run of timeouts). It
+// returns the send time of the run's first probe, and the latest probe's latency (bound
+// says it is a lower bound); zero when R10 does not hold.
+func (d *Detector) slowSince(e *externalView, m time.Duration, now, asOf time.Time) (first time.Time, latest time.Duration, bound bool) {
 	n := 0
-	var first time.Time
-	for i := len(e.last) - 1; i >= 0; i-- {
-		o := &e.last[i]
-		if !o.answered() {
+	for i := len(e.recent) - 1; i >= 0; i-- {
+		o := &e.recent[i]
+		if d.isBroken(o.check) {
 			continue
 		}
-		if !d.outlier(o.latency, m) {
+		lat, unanswered := o.latency, !o.answered()
+		if unanswered {
+			if !o.timedOut {
+				continue // an error, not a wait: no latency to tell
+			}
+			if lat = asOf.Sub(o.sent); !d.outlier(lat, m) {
+				continue
+			}
+		} else if !d.outlier(lat, m) {
 			break
+		}
+		if n == 0 {
+			latest, bound = lat, unanswered
 		}
 		n++
 		first = o.sent
 	}
 	if n < d.th.MinFailures || now.Sub(first) < d.th.MinFailSpan.D() {
-		return time.Time{}
+		return time.Time{}, 0, false
 	}
-	return first
+	return first, latest, bound
 }
 
 // outlier is R10's test: above both the peers' median + LatencyMargin and LatencyFactor x

@@ -341,3 +341,47 @@ func TestBrokenCheckIsReportedNotObeyed(t *testing.T) {
 		}
 	}
 }
+
+// R10: a replica slower than its probes' timeout (here +80 ms against a 40 ms timeout) is
+// degraded as soon as a hung one would be, about MinFailSpan after its first slow probe:
+// its late replies end R9's run of timeouts, and waiting for enough of them would add the
+// whole delay again. A 70 ms stall on a loaded node (TestRulesOfJudgment) stays below.
+func TestSlowerThanTimeoutDetectedAsFastAsAHang(t *testing.T) {
+	const delay = 80 * time.Millisecond
+	for _, phase := range []time.Duration{0, 7 * time.Millisecond, 13 * time.Millisecond} {
+		fault := faultAt + phase // the probes of b are sent at 7 ms + k x 20 ms
+		sc := scenario{
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && s >= fault {
+					return timeoutProbe()
+				}
+				return noisyProbe(n, s)
+			},
+			lateReply: func(n string, s time.Duration) time.Duration { return delay },
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := noisyPulse(n, s, seq)
+				if n == "b" && s >= fault+delay/2 {
+					r.HB.InFlight = &heartbeat.InFlight{Count: 4, OldestMicros: uint64(delay.Microseconds())}
+				}
+				return r
+			},
+		}
+		got := simulate(t, sc, config.DefaultThresholds())
+		var at time.Duration
+		for _, tr := range got["b"] {
+			if tr.To == api.Degraded && at == 0 {
+				at = tr.At.Sub(t0) - fault
+			}
+		}
+		// The first slow probe goes out within an interval of the fault; the evidence must
+		// span MinFailSpan from it; the simulation judges every 5 ms.
+		if limit := interval + config.DefaultThresholds().MinFailSpan.D() + 5*time.Millisecond; at <= 0 || at > limit {
+			t.Errorf("fault %s after b's probe phase: degraded %s after the fault (want within %s); transitions %v", phase, at, limit, got["b"])
+		}
+		for _, n := range []string{"a", "c"} {
+			if slices.Contains(statesAfter(got[n], t0.Add(faultAt)), api.Degraded) {
+				t.Errorf("%s degraded: %v", n, got[n])
+			}
+		}
+	}
+}
