@@ -90,7 +90,7 @@ bench-watch: build-coredns ## CPU per tick of serving 0, 1, 2, 10 heartbeat stre
 bench-detect: ## Healer detection per fault class, flapping, benign situations, healthy soak (SOAK=10m, HOG=2 for a busy machine).
 	hack/bench-detect.sh
 
-bench-scale: build ## The healer with 100 and 1,000 simulated replicas, stream vs poll: CPU, memory, probes/s, heartbeat bytes/s, hang detection (SIZES, ROUNDS, DESIGNS, PROFILE=dir).
+bench-scale: build ## The healer with 100 and 1,000 simulated replicas, stream vs poll: CPU, memory, probes/s, heartbeat bytes/s, hang detection (SIZES, ROUNDS, DESIGNS, PROFILE=dir, BASE_REF=ref for the design stream@base).
 	BIN=$(BIN) SIZES=$(SIZES) ROUNDS=$(ROUNDS) WINDOW=$(WINDOW) INJECTIONS=$(INJECTIONS) DESIGNS='$(DESIGNS)' PROFILE=$(PROFILE) hack/bench-scale.sh
 
 .PHONY: bench-e2e

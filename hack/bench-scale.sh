@@ -11,6 +11,8 @@
 # injection to its degraded line.
 #   SIZES=100,1000 | ROUNDS=3 | WINDOW=20s | INJECTIONS=8 | DESIGNS='stream;poll'
 #   (other designs: 'stream, GOMAXPROCS=1', 'poll, GOMAXPROCS=1', 'stream, probes every 40ms')
+#   BASE_REF=ref: also builds the healer at that commit, for the design 'stream@base'
+#   (e.g. DESIGNS='stream@base;stream': what a change did, interleaved in one run)
 #   PROFILE=DIR: a CPU profile of the healer over each first-round window, in DIR
 #   NICE=-10 (default): above other tenants' jobs on a shared machine; NICE= for none
 # The results replace the "The healer at scale" section of BENCHMARKS.md.
@@ -33,11 +35,21 @@ if [[ ! -x $COREDNS_BIN || ! -x $HEALER_BIN ]]; then
 	make build
 fi
 [[ -n $PROFILE ]] && mkdir -p "$PROFILE"
-
 frag=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$frag"' EXIT
-cmd="make bench-scale SIZES=$SIZES ROUNDS=$ROUNDS WINDOW=$WINDOW INJECTIONS=$INJECTIONS DESIGNS='$DESIGNS' NICE=$NICE"
+base=
+trap 'rm -f "$frag"; [[ -z $base ]] || rm -rf "$base"' EXIT
+base_note=
+if [[ -n ${BASE_REF:-} ]]; then
+	base=$(mktemp -d)
+	git archive "$BASE_REF" | tar -x -C "$base"
+	(cd "$base" && CGO_ENABLED=0 $GO build -trimpath -o "$base/healer-base" ./healer/cmd/healer)
+	export BENCH_SCALE_BASE_BIN=$base/healer-base
+	base_note=" BASE_REF=$BASE_REF"
+	echo "bench-scale: the healer at $BASE_REF ($(git rev-parse --short "$BASE_REF")) is design stream@base"
+fi
+
+cmd="make bench-scale SIZES=$SIZES ROUNDS=$ROUNDS WINDOW=$WINDOW INJECTIONS=$INJECTIONS DESIGNS='$DESIGNS' NICE=$NICE$base_note"
 echo "bench-scale: $cmd (log: $log)"
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 status=0

@@ -42,8 +42,12 @@ import (
 // Skipped unless BENCH_SCALE=1; BENCH_OUT names the markdown fragment it appends to.
 
 // scaleDesigns are the variants compared: the healer's flags and environment for each.
-var scaleDesigns = map[string]struct{ args, env []string }{
-	"stream": {},
+var scaleDesigns = map[string]struct {
+	args, env []string
+	base      bool // the healer built at BASE_REF (BENCH_SCALE_BASE_BIN), to compare two commits
+}{
+	"stream":      {},
+	"stream@base": {base: true},
 	"poll":   {args: []string{"--pulse-stream=false"}},
 	// What Go picks by itself (>= 1.25) under a CPU limit of one core or less.
 	"stream, GOMAXPROCS=1": {env: []string{"GOMAXPROCS=1"}},
@@ -65,8 +69,12 @@ func TestBenchScale(t *testing.T) {
 		profileDir: os.Getenv("BENCH_SCALE_PROFILE"),
 	}
 	for _, d := range designs {
-		if _, ok := scaleDesigns[d]; !ok {
+		sd, ok := scaleDesigns[d]
+		if !ok {
 			t.Fatalf("BENCH_SCALE_DESIGNS: unknown design %q", d)
+		}
+		if sd.base && os.Getenv("BENCH_SCALE_BASE_BIN") == "" {
+			t.Fatalf("BENCH_SCALE_DESIGNS: design %q needs BENCH_SCALE_BASE_BIN (make bench-scale BASE_REF=ref builds it)", d)
 		}
 	}
 	var rows []string
@@ -179,7 +187,11 @@ func runScale(t *testing.T, f *fleet, design string, o scaleOpts, round int) sca
 	for _, r := range f.replicas {
 		args = append(args, "--target", fmt.Sprintf("%s=%s@%s", r.name, netip.AddrPortFrom(r.ip, uint16(f.dnsPort)), netip.AddrPortFrom(r.ip, uint16(f.httpPort))))
 	}
-	cmd := exec.Command(healerBin, args...)
+	bin := healerBin
+	if scaleDesigns[design].base {
+		bin = os.Getenv("BENCH_SCALE_BASE_BIN")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), scaleDesigns[design].env...)
 	logf, err := os.Create(filepath.Join(dir, "healer.log"))
 	if err != nil {
