@@ -48,7 +48,7 @@ var scaleDesigns = map[string]struct {
 }{
 	"stream":      {},
 	"stream@base": {base: true},
-	"poll":   {args: []string{"--pulse-stream=false"}},
+	"poll":        {args: []string{"--pulse-stream=false"}},
 	// What Go picks by itself (>= 1.25) under a CPU limit of one core or less.
 	"stream, GOMAXPROCS=1": {env: []string{"GOMAXPROCS=1"}},
 	"poll, GOMAXPROCS=1":   {args: []string{"--pulse-stream=false"}, env: []string{"GOMAXPROCS=1"}},
