@@ -15,6 +15,7 @@ import (
 	"github.com/dnspulse/dnspulse/healer/internal/config"
 	"github.com/dnspulse/dnspulse/healer/internal/hbreader"
 	"github.com/dnspulse/dnspulse/healer/internal/probe"
+	"github.com/dnspulse/dnspulse/healer/internal/replica"
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
@@ -383,5 +384,61 @@ func TestSlowerThanTimeoutDetectedAsFastAsAHang(t *testing.T) {
 				t.Errorf("%s degraded: %v", n, got[n])
 			}
 		}
+	}
+}
+
+// A healthy replica's routine answers (right, fast, in the majority) ask for no judgment;
+// anything else about it does, and so does any answer of a replica that is not healthy.
+func TestRoutineAnswersNeedNoJudgment(t *testing.T) {
+	// healthy is a detector whose three replicas are judged healthy, and a feed at its clock.
+	healthy := func() (*Detector, func(string, probe.Result)) {
+		d := New(config.DefaultThresholds(), []check.Check{{Name: "a.example.", Type: dns.TypeA, Majority: true}}, 0)
+		var targets []replica.Target
+		for _, n := range []string{"a", "b", "c"} {
+			targets = append(targets, replica.Target{Name: n, DNSAddr: n + ":53", PulseAddr: n + ":9155", Ready: true, Remediable: true})
+		}
+		d.SetTargets(targets, t0)
+		at := t0
+		feed := func(n string, r probe.Result) {
+			at = at.Add(time.Millisecond)
+			r.Replica, r.Sent = n, at
+			d.ObserveProbe(r)
+		}
+		for range 10 {
+			for _, n := range []string{"a", "b", "c"} {
+				feed(n, okProbe(n, 0))
+			}
+			d.Evaluate(at)
+		}
+		if s := d.replicas["a"].state; s != api.Healthy {
+			t.Fatalf("a is %s, want healthy", s)
+		}
+		return d, feed
+	}
+	slow := okProbe("a", 0)
+	slow.Latency = 41 * time.Millisecond
+	wrong := okProbe("a", 0)
+	wrong.AnswerKey = "a.example. A 10.9.9.9"
+	for name, tc := range map[string]struct {
+		r     probe.Result
+		dirty bool
+	}{
+		"routine":              {okProbe("a", 0), false},
+		"slower than a margin": {slow, true},
+		"timeout":              {timeoutProbe(), true},
+		"REFUSED":              {rcodeProbe(dns.RcodeRefused), true},
+		"not the majority's":   {wrong, true},
+	} {
+		d, feed := healthy()
+		feed("a", tc.r)
+		if got := d.replicas["a"].dirty; got != tc.dirty {
+			t.Errorf("%s: asks for a judgment %v, want %v", name, got, tc.dirty)
+		}
+	}
+	d, feed := healthy()
+	d.replicas["a"].state = api.Suspect
+	feed("a", okProbe("a", 0))
+	if !d.replicas["a"].dirty {
+		t.Error("a suspect replica's routine answer asks for no judgment")
 	}
 }
