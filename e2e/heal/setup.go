@@ -136,11 +136,21 @@ func PrepareCoreDNS(ctx context.Context, c *cluster.Cluster, repoRoot string) er
 	if err := c.Apply(ctx, rbac); err != nil {
 		return fmt.Errorf("%s: %w", leaseRBACFile, err)
 	}
+	return SetCorefile(ctx, c, Corefile, true)
+}
+
+// SetCorefile puts corefile in the coredns ConfigMap and, when it changed (or always),
+// restarts the Deployment as `kubectl rollout restart` does, so that every replica runs it;
+// it returns once the rollout is complete.
+func SetCorefile(ctx context.Context, c *cluster.Cluster, corefile string, always bool) error {
 	cm, err := c.Client.CoreV1().ConfigMaps(DNSNamespace).Get(ctx, "coredns", metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
-	cm.Data["Corefile"] = Corefile
+	if cm.Data["Corefile"] == corefile && !always {
+		return nil
+	}
+	cm.Data["Corefile"] = corefile
 	if _, err := c.Client.CoreV1().ConfigMaps(DNSNamespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
