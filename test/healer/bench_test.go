@@ -251,6 +251,9 @@ func TestBenchBenign(t *testing.T) {
 					t.Logf("false degraded: %s", l.Raw)
 				case l.Event == "state" && l.To == "suspect":
 					suspects++
+					if suspects <= 3 {
+						t.Logf("suspect: %s", l.Raw) // what a benign situation looks like to the healer
+					}
 				case l.Event == "state" && l.To == "global":
 					globals[l.Replica] = true
 				case l.Event == "remediation":

@@ -171,14 +171,16 @@ func (d *Detector) prepare(now time.Time) *evaluation {
 		r := d.replicas[n]
 		ev.replicas = append(ev.replicas, r)
 		ev.ext[i] = d.judgeExternal(r, now)
+		r.pooled = pooled{}
 		if !r.target.Ready {
 			continue
 		}
 		if ev.ext[i].latency > 0 {
-			pe.probeLat = append(pe.probeLat, float64(ev.ext[i].latency))
+			r.pooled.probeLat, r.pooled.hasProbeLat = float64(ev.ext[i].latency), true
+			pe.probeLat = append(pe.probeLat, r.pooled.probeLat)
 		}
 		if r.hbCurrent() {
-			pe.add(r.lastHB, d.th.MinQueries)
+			pe.add(r.lastHB, d.th.MinQueries, &r.pooled)
 		}
 		if r.canaryMiss == 0 && !r.canaryOKAt.IsZero() && ev.ext[i].known {
 			pe.canaryOK.add(n, r.canaryOKAt)
@@ -196,7 +198,7 @@ func (d *Detector) applyLatency(ev *evaluation, r *evidence, e *externalView) {
 	if e.latency == 0 {
 		return
 	}
-	mf, ok := ev.peers.probeLat.peerMedian(float64(e.latency), r.target.Ready)
+	mf, ok := ev.peers.probeLat.peerMedian(r.pooled.probeLat, r.pooled.hasProbeLat)
 	if !ok {
 		return
 	}

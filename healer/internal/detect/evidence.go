@@ -37,6 +37,8 @@ type evidence struct {
 	canaryOKAt      time.Time
 
 	// The heartbeat: the last read, the last valid heartbeat, failed reads in a row.
+	// pooled is what it put in the peers' summary at the last full judgment.
+	pooled       pooled
 	read         *hbreader.Result // nil before the first, else &readBuf
 	readBuf      hbreader.Result
 	lastHB       *heartbeat.Heartbeat

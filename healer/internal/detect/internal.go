@@ -118,16 +118,16 @@ func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 func (d *Detector) compareWindow(in *internalView, r *evidence, pe *peerSummary) {
 	w := r.lastHB.Windows[heartbeat.Window1s]
 	minQ := uint64(d.th.MinQueries)
-	self := r.target.Ready && r.hbCurrent() // then its own window is in the pool
+	self := r.pooled.window // then its window of the last full judgment is in the pool
 	pn := pe.queries
 	if self {
-		pn -= w.Queries
+		pn -= r.pooled.queries
 	}
 	if w.Queries >= minQ && pn >= minQ {
 		for k, kind := range rcodeKinds {
 			e, pool := kindCount(&w, k), pe.kinds[k]
 			if self {
-				pool -= e
+				pool -= r.pooled.kinds[k]
 			}
 			margin := d.th.ErrorMargin
 			if !kind.error {
@@ -153,7 +153,7 @@ func (d *Detector) compareWindow(in *internalView, r *evidence, pe *peerSummary)
 		return
 	}
 	own := quantile(&w)
-	if m, ok := pe.latency.peerMedian(float64(own), r.target.Ready); ok {
+	if m, ok := pe.latency.peerMedian(r.pooled.latency, r.pooled.hasLatency); ok {
 		peer := time.Duration(m) * time.Microsecond
 		if ownD := time.Duration(own) * time.Microsecond; d.outlier(ownD, peer) {
 			in.relFailing = true
@@ -178,8 +178,7 @@ func (d *Detector) compareInFlight(in *internalView, r *evidence, pe *peerSummar
 	if f == nil || f.Count == 0 {
 		return
 	}
-	self := r.target.Ready
-	m, ok := pe.oldest.peerMedian(float64(f.OldestMicros), self)
+	m, ok := pe.oldest.peerMedian(r.pooled.oldest, r.pooled.hasOldest)
 	if !ok {
 		return
 	}

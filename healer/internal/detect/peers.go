@@ -24,18 +24,34 @@ func (pe *peerSummary) reset() {
 	pe.queries, pe.kinds, pe.canaryOK = 0, [len(rcodeKinds)]uint64{}, top2{}
 }
 
-// add pools one ready replica's heartbeat.
-func (pe *peerSummary) add(hb *heartbeat.Heartbeat, minQueries int) {
+// pooled is what one replica put in the peers' summary at the last full judgment. The
+// judgments in between compare its newer evidence with its peers' by taking exactly that out
+// (its newer figures are not what the summary holds: taking them out instead would compare
+// it with garbage, an unsigned count going below zero).
+type pooled struct {
+	window                             bool // its 1 s window is in queries and kinds
+	queries                            uint64
+	kinds                              [len(rcodeKinds)]uint64
+	probeLat, latency, oldest          float64
+	hasProbeLat, hasLatency, hasOldest bool
+}
+
+// add pools one ready replica's heartbeat, and says what it pooled into p.
+func (pe *peerSummary) add(hb *heartbeat.Heartbeat, minQueries int, p *pooled) {
 	w := hb.Windows[heartbeat.Window1s]
+	p.window, p.queries = true, w.Queries
 	pe.queries += w.Queries
 	for k := range rcodeKinds {
-		pe.kinds[k] += kindCount(&w, k)
+		p.kinds[k] = kindCount(&w, k)
+		pe.kinds[k] += p.kinds[k]
 	}
 	if w.Queries >= uint64(minQueries) {
-		pe.latency = append(pe.latency, float64(quantile(&w)))
+		p.latency, p.hasLatency = float64(quantile(&w)), true
+		pe.latency = append(pe.latency, p.latency)
 	}
 	if hb.InFlight != nil {
-		pe.oldest = append(pe.oldest, float64(hb.InFlight.OldestMicros))
+		p.oldest, p.hasOldest = float64(hb.InFlight.OldestMicros), true
+		pe.oldest = append(pe.oldest, p.oldest)
 	}
 }
 
@@ -49,8 +65,8 @@ func (pe *peerSummary) sort() {
 // replica's peers (all but itself) in O(log n).
 type sortedVals []float64
 
-// peerMedian is the median of the values without one occurrence of own (when self is
-// among them); ok is false when no peer has a value.
+// peerMedian is the median of the values without one occurrence of own (when self: own
+// must then be among them, as pooled); ok is false when no peer has a value.
 func (s sortedVals) peerMedian(own float64, self bool) (float64, bool) {
 	m := len(s)
 	if self {

@@ -442,3 +442,35 @@ func TestRoutineAnswersNeedNoJudgment(t *testing.T) {
 		t.Error("a suspect replica's routine answer asks for no judgment")
 	}
 }
+
+// A growing NXDOMAIN storm at one replica keeps it suspect, steadily: between two full
+// judgments, its newer heartbeat is compared with what its peers pooled, less exactly what
+// it had pooled itself. (Taking out its newer, larger counts instead wrapped the unsigned
+// pool around, compared it with garbage, and flipped it between healthy and suspect at every
+// line: 288 audit lines in a 30 s storm.)
+func TestGrowingStormSteadilySuspect(t *testing.T) {
+	sc := scenario{
+		probe: noisyProbe,
+		pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+			r := noisyPulse(n, s, seq)
+			if n == "b" && after(s) {
+				q := 100 + uint64((s-faultAt)/interval)*60 // the window fills up tick by tick
+				r.HB = hb(seq, hbOpts{queries: q, nx: 0.9})
+			}
+			return r
+		},
+	}
+	got := simulate(t, sc, config.DefaultThresholds())
+	entries := 0
+	for _, tr := range got["b"] {
+		if !tr.At.Before(t0.Add(faultAt)) && tr.To == api.Suspect {
+			entries++
+		}
+		if tr.To == api.Degraded {
+			t.Errorf("b degraded by an NXDOMAIN storm: %v", tr)
+		}
+	}
+	if entries != 1 {
+		t.Errorf("b entered suspect %d times during the storm, want once: %v", entries, got["b"])
+	}
+}
