@@ -26,6 +26,10 @@ main() {
 		echo "e2e-repeat: the local cluster needs root (network namespaces, veths, iptables)" >&2
 		exit 1
 	fi
+	# What .ci/run installs for the suite: without it every run fails at once, ten times over.
+	for c in ip iptables; do
+		command -v "$c" >/dev/null || { echo "e2e-repeat: $c is missing (apt-get install -y iproute2 iptables, as .ci/run does)" >&2; exit 1; }
+	done
 	[[ $N =~ ^[1-9][0-9]*$ ]] || { echo "e2e-repeat: N=$N is not a positive number" >&2; exit 2; }
 	[[ $HOG =~ ^[0-9]+$ ]] || { echo "e2e-repeat: HOG=$HOG is not a number" >&2; exit 2; }
 	mkdir -p "$OUT"
