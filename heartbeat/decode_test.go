@@ -30,9 +30,9 @@ func busy() *Heartbeat {
 	return hb
 }
 
-func marshal(t testing.TB, hb *Heartbeat) []byte {
+func marshal(t testing.TB, v any) []byte {
 	t.Helper()
-	b, err := json.Marshal(hb)
+	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestDecoderKeepWindows(t *testing.T) {
 			t.Fatal(err)
 		}
 		f(m["windows"].(map[string]any))
-		return string(marshal2(t, m))
+		return string(marshal(t, m))
 	}
 	for name, tc := range map[string]struct{ body, err string }{
 		"60s missing":     {edit(func(w map[string]any) { delete(w, Window60s) }), `window "60s" missing`},
@@ -279,15 +279,6 @@ func TestDecoderKeepWindows(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", name, err, tc.err)
 		}
 	}
-}
-
-func marshal2(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // FuzzDecoderKeepWindows: a body Parse accepts decodes with KeepWindows as Parse decodes
