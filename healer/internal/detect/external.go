@@ -52,7 +52,6 @@ type externalView struct {
 	recovered bool
 	anyBad    bool
 	latency   time.Duration // median latency of the recent answered probes; 0 if < 2
-	lastAns   probeObs      // the latest answered probe (zero when none)
 	last      []probeObs    // the RecentProbes latest, by send time (shares r.probes)
 	recent    []probeObs    // every probe within the Window, by send time (shares r.probes)
 }
@@ -132,9 +131,6 @@ func (d *Detector) judgeExternal(r *evidence, now time.Time) externalView {
 	nl := 0
 	for i := len(recent) - 1; i >= 0 && nl < d.th.RecentProbes; i-- {
 		if o := &recent[i]; o.answered() && !d.isBroken(o.check) {
-			if nl == 0 {
-				e.lastAns = *o
-			}
 			lats[nl] = o.latency
 			nl++
 		}
