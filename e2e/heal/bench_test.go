@@ -3,13 +3,19 @@
 package heal
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 )
 
 // TestBenchHealing is `make bench-e2e` (hack/bench-e2e.sh): every fault class injected
@@ -25,6 +31,9 @@ func TestBenchHealing(t *testing.T) {
 	type series struct {
 		verdict, drained, serving []time.Duration
 		aftercare                 int
+		// The stale class only: from the moment the staleness exists (the first canary
+		// rotation after the cut, plus the max lag) to the verdict and to the drain.
+		staleVerdict, staleDrained []time.Duration
 	}
 	results := map[string]*series{}
 	var order []string
@@ -38,6 +47,13 @@ func TestBenchHealing(t *testing.T) {
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %d |\n", name, len(s.verdict),
 				ms(median(s.verdict)), ms(worst(s.verdict)), ms(median(s.drained)), ms(worst(s.drained)),
 				ms(median(s.serving)), ms(worst(s.serving)), s.aftercare)
+		}
+		for _, name := range order {
+			if s := results[name]; len(s.staleDrained) > 0 {
+				fmt.Fprintf(&b, "\n%s, timed from the moment the staleness exists (the first canary rotation after the cut, as a watch of the canary Service saw it, plus the max lag, %s): verdict median %s, worst %s; drained median %s, worst %s (%d rounds).\n",
+					name, CanaryMaxLag, ms(median(s.staleVerdict)), ms(worst(s.staleVerdict)),
+					ms(median(s.staleDrained)), ms(worst(s.staleDrained)), len(s.staleDrained))
+			}
 		}
 		t.Logf("\n%s", b.String())
 		if out := os.Getenv("DNSPULSE_BENCH_OUT"); out != "" {
@@ -56,6 +72,11 @@ func TestBenchHealing(t *testing.T) {
 		for i := 1; i <= rounds; i++ {
 			ctx, pods := begin(t)
 			target, peers := pick(pods)
+			var rotations func() []time.Time
+			stopWatch := func() {}
+			if f.Name == "stale" {
+				rotations, stopWatch = watchCanary(ctx, t)
+			}
 			e, err := Heal(ctx, cl, obs, f, target, peers, DefaultLimits, nil)
 			if err != nil && e.Aftercare == "" {
 				t.Fatalf("%s round %d: %v\n%s", f.Name, i, err, e.Timeline())
@@ -73,6 +94,23 @@ func TestBenchHealing(t *testing.T) {
 			s.verdict = append(s.verdict, e.VerdictSeen.Sub(e.Injected))
 			s.drained = append(s.drained, drained.Sub(e.Injected))
 			s.serving = append(s.serving, e.ReplAnswers.Sub(e.Injected))
+			if rotations != nil {
+				stopWatch()
+				first := time.Time{}
+				for _, r := range rotations() {
+					if r.After(e.Injected) {
+						first = r
+						break
+					}
+				}
+				if first.IsZero() {
+					t.Errorf("%s round %d: no canary rotation seen after the cut", f.Name, i)
+				} else {
+					stale := first.Add(CanaryMaxLag)
+					s.staleVerdict = append(s.staleVerdict, e.VerdictSeen.Sub(stale))
+					s.staleDrained = append(s.staleDrained, drained.Sub(stale))
+				}
+			}
 			t.Logf("%s round %d/%d: verdict %s, drained %s, replacement serving %s", f.Name, i, rounds,
 				ms(s.verdict[len(s.verdict)-1]), ms(s.drained[len(s.drained)-1]), ms(s.serving[len(s.serving)-1]))
 		}
@@ -99,4 +137,44 @@ func worst(ds []time.Duration) time.Duration {
 		w = max(w, d)
 	}
 	return w
+}
+
+// watchCanary watches the canary Service until stop (or the test's end) and returns a function
+// that lists when each rotation (a change of its externalName) was seen, in order.
+func watchCanary(ctx context.Context, t *testing.T) (rotations func() []time.Time, stop func()) {
+	t.Helper()
+	w, err := cl.Client.CoreV1().Services(HealerNamespace).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=dnspulse-canary"})
+	if err != nil {
+		t.Fatalf("watching the canary Service: %v", err)
+	}
+	var (
+		mu   sync.Mutex
+		seen []time.Time
+		last string
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			svc, ok := ev.Object.(*corev1.Service)
+			if !ok || (ev.Type != watch.Added && ev.Type != watch.Modified) {
+				continue
+			}
+			name := svc.Spec.ExternalName
+			mu.Lock()
+			if last != "" && name != last {
+				seen = append(seen, time.Now())
+			}
+			last = name
+			mu.Unlock()
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { w.Stop(); <-done }) }
+	t.Cleanup(stop)
+	return func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]time.Time(nil), seen...)
+	}, stop
 }

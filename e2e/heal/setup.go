@@ -42,6 +42,10 @@ const (
 	MaxDrain = 30 * time.Second
 )
 
+// CanaryMaxLag is canary.maxLag in Values: how long a replica may answer a replaced canary
+// value before it is stale.
+const CanaryMaxLag = 3 * time.Second
+
 // WarmUp is remediation.warmUp in Values: how long a replica must have been Ready before the
 // healer acts on it.
 const WarmUp = 10 * time.Second
