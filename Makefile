@@ -94,8 +94,8 @@ bench-scale: build ## The healer with 100 and 1,000 simulated replicas, stream v
 	BIN=$(BIN) SIZES=$(SIZES) ROUNDS=$(ROUNDS) WINDOW=$(WINDOW) INJECTIONS=$(INJECTIONS) DESIGNS='$(DESIGNS)' PROFILE=$(PROFILE) hack/bench-scale.sh
 
 .PHONY: bench-e2e
-bench-e2e: cluster-bins build ## In-cluster healing: each fault class ROUNDS times (default 10), fault to verdict/drained/replacement (root).
-	BIN=$(BIN) ROUNDS=$(ROUNDS) FAULTS=$(FAULTS) hack/bench-e2e.sh
+bench-e2e: cluster-bins build ## In-cluster healing: each fault class ROUNDS times (default 10), fault to verdict/drained/replacement (root; PROBES=defaults, the chart's, or loaded, the e2e suite's).
+	BIN=$(BIN) ROUNDS=$(ROUNDS) FAULTS=$(FAULTS) PROBES=$(PROBES) hack/bench-e2e.sh
 
 ##@ Run
 .PHONY: demo demo-local

@@ -6,6 +6,8 @@
 # endpoints) and to a replacement pod answering on its IP.
 # The results replace the "In-cluster healing" section of BENCHMARKS.md (other sections are left alone).
 #   ROUNDS=10 | FAULTS=hung,upstream,slow,udp-drop,stale (a subset) | OUT_MD=BENCHMARKS.md
+#   PROBES=defaults (the chart's probe and heartbeat-read settings, what a user gets) | loaded
+#   (the e2e suite's: probes every 50 ms, 250 ms timeout, for a loaded machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,12 @@ FAULTS=${FAULTS:-}
 OUT_MD=${OUT_MD:-BENCHMARKS.md}
 GO=${GO:-go}
 BIN=${BIN:-_output/bin}
+PROBES=${PROBES:-defaults}
+case $PROBES in
+defaults) probe_defaults=1 ;;
+loaded) probe_defaults=0 ;;
+*) echo "bench-e2e: PROBES=$PROBES: want defaults or loaded" >&2; exit 2 ;;
+esac
 
 if [[ $(id -u) != 0 ]]; then
 	echo "bench-e2e: the local cluster needs root (network namespaces, veths, iptables)" >&2
@@ -27,10 +35,10 @@ done
 frag=$(mktemp)
 log=$(mktemp)
 trap 'rm -f "$frag" "$log"' EXIT
-cmd="make bench-e2e ROUNDS=$ROUNDS${FAULTS:+ FAULTS=$FAULTS}"
+cmd="make bench-e2e ROUNDS=$ROUNDS${FAULTS:+ FAULTS=$FAULTS} PROBES=$PROBES"
 echo "bench-e2e: $cmd (log: $log)"
 status=0
-DNSPULSE_BIN_DIR=$(cd "$BIN" && pwd) DNSPULSE_BENCH_ROUNDS=$ROUNDS DNSPULSE_BENCH_FAULTS=$FAULTS DNSPULSE_BENCH_OUT=$frag \
+DNSPULSE_E2E_PROBE_DEFAULTS=$probe_defaults DNSPULSE_BIN_DIR=$(cd "$BIN" && pwd) DNSPULSE_BENCH_ROUNDS=$ROUNDS DNSPULSE_BENCH_FAULTS=$FAULTS DNSPULSE_BENCH_OUT=$frag \
 	$GO test -count=1 -timeout 120m -tags e2e -run 'TestBenchHealing$' -v ./e2e/heal 2>&1 | tee "$log" || status=$?
 [[ -s $frag ]] || { echo "bench-e2e: no results (exit $status); see $log" >&2; trap - EXIT; exit 1; }
 
@@ -43,9 +51,14 @@ section=$(mktemp)
 	echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo "The local cluster of e2e/cluster (real etcd, kube-apiserver, controller-manager, scheduler; every pod in"
 	echo "its own network namespace), CoreDNS x3 with pulse, the healer installed with \`helm install\` of"
-	echo "healer/chart: 2 replicas, leader election, readiness gate, probes every 50 ms with a 250 ms timeout"
-	echo "(the defaults are 20/100 ms; this machine is shared and loaded), heartbeat streams (pulse's default"
-	echo "tick, 50 ms), pulse opening its own gate, global cooldown 2 s, the chart's other defaults."
+	if [[ $probe_defaults == 1 ]]; then
+		echo "healer/chart: 2 replicas, leader election, readiness gate, the chart's probes (every 20 ms, 100 ms timeout),"
+	else
+		echo "healer/chart: 2 replicas, leader election, readiness gate, probes every 50 ms with a 250 ms timeout"
+		echo "(PROBES=loaded: the e2e suite's values for a loaded machine; the chart's are 20/100 ms),"
+	fi
+	echo "heartbeat streams (pulse's default tick, 50 ms), pulse opening its own gate, global cooldown 2 s and"
+	echo "short cooldowns (rounds follow each other), the chart's other defaults."
 	echo "Faults: hung = SIGSTOP; upstream = the pod's route to its upstream dropped; slow = +120 ms ± 20 ms on"
 	echo "every packet into the pod; udp-drop = UDP port 53 dropped (TCP works); stale = the pod's apiserver"
 	echo "connection cut (the freshness canary rotates every 2 s, max lag 3 s). Times from the injection to:"

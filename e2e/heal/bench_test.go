@@ -111,8 +111,9 @@ func TestBenchHealing(t *testing.T) {
 					s.staleDrained = append(s.staleDrained, drained.Sub(stale))
 				}
 			}
-			t.Logf("%s round %d/%d: verdict %s, drained %s, replacement serving %s", f.Name, i, rounds,
-				ms(s.verdict[len(s.verdict)-1]), ms(s.drained[len(s.drained)-1]), ms(s.serving[len(s.serving)-1]))
+			t.Logf("%s round %d/%d: verdict %s, drained %s, replacement serving %s\n%s%s", f.Name, i, rounds,
+				ms(s.verdict[len(s.verdict)-1]), ms(s.drained[len(s.drained)-1]), ms(s.serving[len(s.serving)-1]),
+				e.Timeline(), healerLines(e))
 		}
 	}
 }
@@ -177,4 +178,21 @@ func watchCanary(ctx context.Context, t *testing.T) (rotations func() []time.Tim
 		defer mu.Unlock()
 		return append([]time.Time(nil), seen...)
 	}, stop
+}
+
+// healerLines lists each healer's state and remediation lines on the episode's pod up to its
+// eviction, timed like Timeline: which healer judged when, and when its drain returned.
+func healerLines(e *Episode) string {
+	var b strings.Builder
+	for _, l := range AuditSince(cl, e.Injected) {
+		if l.Replica != e.Pod || (l.Event != "state" && l.Event != "remediation") || (!e.Evicted.IsZero() && l.Time.After(e.Evicted)) {
+			continue
+		}
+		what := string(l.To)
+		if l.Event == "remediation" {
+			what = string(l.Action) + " " + string(l.Result)
+		}
+		fmt.Fprintf(&b, "  %+9.3fs  healer %s: %s %s\n", l.Time.Sub(e.Injected).Seconds(), l.Pod, l.Event, what)
+	}
+	return b.String()
 }

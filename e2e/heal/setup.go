@@ -53,22 +53,15 @@ const WarmUp = 10 * time.Second
 // Values are the chart values every scenario starts from. The healer's own defaults (20 ms
 // probes, 100 ms timeout) assume an idle node; the e2e machine is shared and loaded, so the probes
 // get 250 ms (still far below a client's 2-5 s resolver timeout) and the cooldowns are short so
-// that scenarios can follow each other.
+// that scenarios can follow each other. DNSPULSE_E2E_PROBE_DEFAULTS=1 leaves the probes and
+// heartbeat reads at the chart's defaults (make bench-e2e: healing timed as a user gets it).
 const Values = `image:
   repository: dnspulse/healer
   tag: dev
 checks:
   - kubernetes.default.svc.cluster.local/A
   - ` + ForwardedName + `/A
-probe:
-  interval: 50ms
-  timeout: 250ms
-  minTimeout: 100ms
-pulse:
-  interval: 50ms
-  timeout: 250ms
-  minTimeout: 100ms
-canary:
+` + loadedMachineProbes + `canary:
   interval: 2s
   maxLag: 3s
 coredns:
@@ -89,6 +82,28 @@ config:
     # A replica cut off from the healer but serving is reported after this (45s by default).
     partitionAfter: 6s
 `
+
+// loadedMachineProbes are the probe and heartbeat-read settings of Values.
+const loadedMachineProbes = `probe:
+  interval: 50ms
+  timeout: 250ms
+  minTimeout: 100ms
+pulse:
+  interval: 50ms
+  timeout: 250ms
+  minTimeout: 100ms
+`
+
+// ProbeDefaults is DNSPULSE_E2E_PROBE_DEFAULTS=1: the chart's own probe and heartbeat-read
+// settings instead of loadedMachineProbes.
+var ProbeDefaults = os.Getenv("DNSPULSE_E2E_PROBE_DEFAULTS") == "1"
+
+func values() string {
+	if ProbeDefaults {
+		return strings.Replace(Values, loadedMachineProbes, "", 1)
+	}
+	return Values
+}
 
 // Corefile is the e2e cluster's Corefile with pulse's opt-in Lease heartbeat in LeaseNamespace
 // (the healer reads it: G13's independent view), pulse opening its own readiness gate (fail
@@ -192,7 +207,7 @@ func Install(ctx context.Context, c *cluster.Cluster, repoRoot, extra string) er
 		return err
 	}
 	base := filepath.Join(dir, "values.yaml")
-	if err := os.WriteFile(base, []byte(Values), 0o644); err != nil {
+	if err := os.WriteFile(base, []byte(values()), 0o644); err != nil {
 		return err
 	}
 	args := []string{"upgrade", "--install", Release, filepath.Join(repoRoot, "healer", "chart"),

@@ -84,7 +84,7 @@ func (r *remediator) drain(ctx context.Context, t replica.Target, reasons []stri
 	if !r.leader.IsLeader() {
 		return r.notLeader()
 	}
-	pod, refusal := r.recheck(ctx, t)
+	pod, refusal := r.recheckCached(t)
 	if refusal != nil {
 		refusal.Action = api.ActionDrain
 		return *refusal

@@ -106,9 +106,6 @@ func (r *remediator) awaitNotReady(ctx context.Context, pod *corev1.Pod) bool {
 // been replaced under the same name, or started terminating.
 func (r *remediator) recheck(ctx context.Context, t replica.Target) (*corev1.Pod, *replica.Outcome) {
 	ref := r.namespace + "/" + t.Name
-	refuse := func(format string, args ...any) (*corev1.Pod, *replica.Outcome) {
-		return nil, &replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused, Message: fmt.Sprintf(format, args...)}
-	}
 	pod, err := r.client.CoreV1().Pods(r.namespace).Get(ctx, t.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return refuse("pod %s is gone", ref)
@@ -116,7 +113,30 @@ func (r *remediator) recheck(ctx context.Context, t replica.Target) (*corev1.Pod
 	if err != nil {
 		return nil, &replica.Outcome{Action: api.ActionNone, Result: api.ResultError, Message: fmt.Sprintf("reading pod %s: %v", ref, err)}
 	}
-	if cached := r.pods.get(t.Name); cached != nil {
+	return r.vet(pod, r.pods.get(t.Name), t)
+}
+
+// recheckCached is recheck from the informer's cache, for a drain: a reversible step whose
+// two calls carry their own proof that the pod is still the one judged (the eviction's dry
+// run and the condition patch both have the pod's UID as a precondition), so that the
+// drain does not wait for one more round trip to the apiserver.
+func (r *remediator) recheckCached(t replica.Target) (*corev1.Pod, *replica.Outcome) {
+	pod := r.pods.get(t.Name)
+	if pod == nil {
+		return refuse("pod %s/%s is gone", r.namespace, t.Name)
+	}
+	return r.vet(pod, nil, t)
+}
+
+func refuse(format string, args ...any) (*corev1.Pod, *replica.Outcome) {
+	return nil, &replica.Outcome{Action: api.ActionNone, Result: api.ResultRefused, Message: fmt.Sprintf(format, args...)}
+}
+
+// vet refuses a pod that is not the one judged (cached: the informer's copy, when pod was
+// read from the API), or that may not be acted on now.
+func (r *remediator) vet(pod, cached *corev1.Pod, t replica.Target) (*corev1.Pod, *replica.Outcome) {
+	ref := r.namespace + "/" + t.Name
+	if cached != nil {
 		if cached.UID != pod.UID {
 			return refuse("pod %s was replaced (judged uid %s, now uid %s)", ref, cached.UID, pod.UID)
 		}
