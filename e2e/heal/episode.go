@@ -197,8 +197,14 @@ func WaitSteady(ctx context.Context, c *cluster.Cluster, o *Observer, want int, 
 			// The healer acts on a replica only once it has been Ready for --warm-up; a fault on a
 			// younger one waits that out, and a hung one turns NotReady first (left to the liveness
 			// probe). An episode measures the steady state: every replica past its warm-up.
-			if age := time.Since(p.Ready); p.Ready.IsZero() || age < WarmUp {
-				why = fmt.Sprintf("%s Ready for %s, within the healer's warm-up", p.Name, age.Round(time.Second))
+			// The healer counts from when it first saw the replica Ready: after the healer's own
+			// start (the suite's first episode) that is later than the pod's readiness.
+			ready := p.Ready
+			if seen := DiscoveredReady(c, p.Name); seen.After(ready) {
+				ready = seen
+			}
+			if age := time.Since(ready); p.Ready.IsZero() || age < WarmUp {
+				why = fmt.Sprintf("%s Ready for %s as a healer sees it, within the healer's warm-up", p.Name, age.Round(time.Second))
 				return false
 			}
 			for healer, st := range LastStates(c, p.Name) {
@@ -367,6 +373,19 @@ func Heal(ctx context.Context, c *cluster.Cluster, o *Observer, fault Fault, tar
 		return e, errors.New(why)
 	}
 	return e, nil
+}
+
+// DiscoveredReady is the latest time a healer discovered replica already Ready (its
+// `replica` audit line): a healer's --warm-up counts from then, not from the pod's readiness.
+func DiscoveredReady(c *cluster.Cluster, replica string) time.Time {
+	var at time.Time
+	lines, _ := Audit(c)
+	for _, l := range lines {
+		if l.Event == "replica" && l.Message == replica && l.Fields["ready"] == true && l.Time.After(at) {
+			at = l.Time
+		}
+	}
+	return at
 }
 
 // LastStates is, per healer pod, the last state line about replica.
