@@ -53,6 +53,10 @@ type canary struct {
 	next    string
 	nextN   uint64
 	history []pastValue // replaced values, oldest first
+	// skipped are counters this healer never read: a follower reads the Service every
+	// interval, as often as the leader rotates it, and may read 328 then 330. Such a value
+	// was replaced at the latest when the newer one was read: its lag counts from then.
+	skipped []skippedValues
 	// knownSince is when this healer first learned a value. Older values it never saw (a
 	// previous leader's) may have been replaced just before: they get MaxLag from here.
 	knownSince time.Time
@@ -118,6 +122,18 @@ func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, s
 			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
 	}
 	n, ok := canaryCounter(t)
+	for i := len(c.skipped) - 1; ok && i >= 0; i-- {
+		sk := c.skipped[i]
+		if n < sk.from || n > sk.to {
+			continue
+		}
+		lag, allowed := at.Sub(sk.replacedAt), maxLag+ttl+sk.grace
+		if lag < allowed {
+			return true, ""
+		}
+		return false, fmt.Sprintf("canary answer %s (a value this healer never read) was replaced %v ago at the latest, now %s (max lag %v, cached for %v): stale data, the replica's watch on the API is behind",
+			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
+	}
 	if ok && n > c.counter {
 		// Written by the leader after this healer last read the Service: newer, so fresh.
 		return true, "answer is newer than the last canary value this healer saw"
@@ -129,6 +145,14 @@ func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, s
 		return false, fmt.Sprintf("no CNAME answer for the canary %s (current %s)", c.question, c.current)
 	}
 	return false, fmt.Sprintf("canary answer %s is older than any value this healer knows (current %s, max lag %v)", t, c.current, maxLag)
+}
+
+// skippedValues are the counters from..to, never read by this healer, replaced at the
+// latest at replacedAt.
+type skippedValues struct {
+	from, to   uint64
+	replacedAt time.Time
+	grace      time.Duration
 }
 
 // rotate runs on the leader until ctx ends (leadership lost or shutdown).
@@ -269,6 +293,12 @@ func (c *canary) confirm(svc *corev1.Service, n uint64) {
 	}
 	if len(c.history) > historyLen {
 		c.history = append([]pastValue(nil), c.history[len(c.history)-historyLen:]...)
+	}
+	if c.current != "" && n > c.counter+1 {
+		c.skipped = append(c.skipped, skippedValues{from: c.counter + 1, to: n - 1, replacedAt: now, grace: grace})
+		if len(c.skipped) > historyLen {
+			c.skipped = append([]skippedValues(nil), c.skipped[len(c.skipped)-historyLen:]...)
+		}
 	}
 	c.current = v
 	if n > c.counter {

@@ -217,3 +217,34 @@ func TestCanaryAdoptsExistingValue(t *testing.T) {
 		t.Fatalf("next value %q, want counter 42", v)
 	}
 }
+
+// A follower reads the Service every interval, as often as the leader rotates it, and can
+// read 28 then 30: 29, which it never read, was replaced at the latest when it read 30. A
+// replica still answering 29 a moment later is not stale (a standby judged healthy replicas
+// degraded for it, in make bench-e2e); one answering it past the max lag is.
+func TestCanaryFollowerSkippedValue(t *testing.T) {
+	h, c := canaryHarness(t)
+	svc := func(v string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "dnspulse-canary", Namespace: "dnspulse"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: v}}
+	}
+	c.confirm(svc("27-yyyyyy."+CanaryDomain), 27)
+	h.clock.Step(2 * time.Second)
+	c.confirm(svc("28-aaaaaa."+CanaryDomain), 28)
+	h.clock.Step(2 * time.Second)
+	c.confirm(svc("30-cccccc."+CanaryDomain), 30)
+	read := h.clock.Now()
+	if ok, why := c.Accept("29-bbbbbb."+CanaryDomain+".", read.Add(100*time.Millisecond), 0); !ok {
+		t.Fatalf("a skipped value answered 100ms after the newer one was read rejected: %s", why)
+	}
+	if ok, why := c.Accept("28-aaaaaa."+CanaryDomain, read.Add(100*time.Millisecond), 0); !ok {
+		t.Fatalf("the value read before, replaced when 30 was read, rejected within max lag: %s", why)
+	}
+	ok, why := c.Accept("29-bbbbbb."+CanaryDomain, read.Add(3*time.Second), 0)
+	if ok || !strings.Contains(why, "never read") || !strings.Contains(why, "stale") {
+		t.Fatalf("a skipped value past max lag: ok=%v, why=%q", ok, why)
+	}
+	if ok, _ := c.Accept("26-zzzzzz."+CanaryDomain, read.Add(100*time.Millisecond), 0); ok {
+		t.Fatal("a value older than any read or skipped was accepted")
+	}
+}
