@@ -109,30 +109,26 @@ func (c *canary) Accept(target string, at time.Time, ttl time.Duration) (bool, s
 	case c.pending[t]:
 		return true, "answer is a canary value whose write is unconfirmed (newer than the confirmed one)"
 	}
-	for i := len(c.history) - 1; i >= 0; i-- {
-		h := c.history[i]
-		if h.value != t {
-			continue
-		}
-		lag, allowed := at.Sub(h.replacedAt), maxLag+ttl+h.grace
-		if lag < allowed {
+	// judge: a value replaced at replacedAt may be answered for MaxLag (plus its time in a
+	// cache and any grace) after it.
+	judge := func(replacedAt time.Time, grace time.Duration, note string) (bool, string) {
+		lag := at.Sub(replacedAt)
+		if lag < maxLag+ttl+grace {
 			return true, ""
 		}
-		return false, fmt.Sprintf("canary answer %s was replaced %v ago by %s (max lag %v, cached for %v): stale data, the replica's watch on the API is behind",
-			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
+		return false, fmt.Sprintf("canary answer %s%s was replaced %v ago by %s (max lag %v, cached for %v): stale data, the replica's watch on the API is behind",
+			t, note, lag.Round(time.Millisecond), c.current, maxLag, ttl)
+	}
+	for i := len(c.history) - 1; i >= 0; i-- {
+		if h := c.history[i]; h.value == t {
+			return judge(h.replacedAt, h.grace, "")
+		}
 	}
 	n, ok := canaryCounter(t)
 	for i := len(c.skipped) - 1; ok && i >= 0; i-- {
-		sk := c.skipped[i]
-		if n < sk.from || n > sk.to {
-			continue
+		if sk := c.skipped[i]; n >= sk.from && n <= sk.to {
+			return judge(sk.replacedAt, sk.grace, " (a value this healer never read: replaced at the latest when it read a newer one)")
 		}
-		lag, allowed := at.Sub(sk.replacedAt), maxLag+ttl+sk.grace
-		if lag < allowed {
-			return true, ""
-		}
-		return false, fmt.Sprintf("canary answer %s (a value this healer never read) was replaced %v ago at the latest, now %s (max lag %v, cached for %v): stale data, the replica's watch on the API is behind",
-			t, lag.Round(time.Millisecond), c.current, maxLag, ttl)
 	}
 	if ok && n > c.counter {
 		// Written by the leader after this healer last read the Service: newer, so fresh.
