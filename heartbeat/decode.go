@@ -675,8 +675,10 @@ func (s *scanner) selfProbe(p *SelfProbe) bool {
 			vok = once(&got, 1<<3) && s.time(&p.Time)
 		case "error":
 			vok = once(&got, 1<<4) && s.text(&p.Error)
+		case "pendingMicros":
+			vok = once(&got, 1<<5) && s.uint(&p.PendingMicros)
 		default:
-			vok = s.unknown(key, "ok", "rcode", "latencyMicros", "time", "error")
+			vok = s.unknown(key, "ok", "rcode", "latencyMicros", "time", "error", "pendingMicros")
 		}
 		if !vok {
 			return false
@@ -696,6 +698,9 @@ func (s *scanner) selfProbe(p *SelfProbe) bool {
 	}
 	if got&(1<<4) == 0 {
 		p.Error = ""
+	}
+	if got&(1<<5) == 0 {
+		p.PendingMicros = 0
 	}
 	return ok
 }

@@ -19,13 +19,21 @@ const Path = "/pulse"
 
 // The window keys of Heartbeat.Windows.
 const (
-	Window1s  = "1s"
-	Window10s = "10s"
-	Window60s = "60s"
+	// Window200ms is the latest traffic (150 to 250 ms of it: the plugin's snapshots are 100 ms
+	// apart), for a reader that must see a fresh fault before the 1 s window shows it. It came
+	// after the others: a heartbeat may lack it, and readers that predate it ignore it.
+	Window200ms = "200ms"
+	Window1s    = "1s"
+	Window10s   = "10s"
+	Window60s   = "60s"
 )
 
-// WindowKeys lists the windows every heartbeat carries, shortest first.
-var WindowKeys = []string{Window1s, Window10s, Window60s}
+// WindowKeys lists the windows a heartbeat carries, shortest first; every one but those
+// in optionalWindows must be there.
+var WindowKeys = []string{Window200ms, Window1s, Window10s, Window60s}
+
+// optionalWindows has a bit set (of WindowKeys) for each window a heartbeat may lack.
+const optionalWindows uint32 = 1 << 0
 
 // The values of Heartbeat.Verdict.
 const (
@@ -94,6 +102,10 @@ type SelfProbe struct {
 	LatencyMicros uint64    `json:"latencyMicros"`
 	Time          time.Time `json:"time"`
 	Error         string    `json:"error,omitempty"`
+	// PendingMicros is the age, at the heartbeat's time, of a self-probe sent and not yet
+	// answered (0: none): a listener that stopped answering shows here within a tick, long
+	// before the probe's timeout makes it a failure. Absent from older pulses' heartbeats.
+	PendingMicros uint64 `json:"pendingMicros,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string ("100ms").
@@ -185,6 +197,9 @@ func (hb *Heartbeat) validate(keep, skipped uint32) error {
 	for i, k := range WindowKeys {
 		w, ok := hb.Windows[k]
 		if !ok && skipped&(1<<i) == 0 {
+			if optionalWindows&(1<<i) != 0 {
+				continue
+			}
 			return fmt.Errorf("heartbeat: window %q missing: %w", k, ErrForeign)
 		}
 		if keep&(1<<i) == 0 {

@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,55 @@ func TestInFlightIsOptional(t *testing.T) {
 	var old oldHeartbeat
 	if err := json.Unmarshal(b, &old); err != nil || old.Seq != 4 || old.Verdict != "healthy" || len(old.Windows) != 3 {
 		t.Fatalf("an old reader: %+v, %v", old, err)
+	}
+}
+
+// TestNewerFieldsAreOptional: the 200ms window and the self-probe's pendingMicros came after
+// version 1's first pulses. A heartbeat without them (an older pulse) parses, with or
+// without the decoder; one with them parses to the same values either way, and a reader
+// that keeps only 1s skips them.
+func TestNewerFieldsAreOptional(t *testing.T) {
+	old := marshal(t, valid())
+	if strings.Contains(string(old), Window200ms) || strings.Contains(string(old), "pendingMicros") {
+		t.Fatalf("valid() is meant to be an older pulse's heartbeat: %s", old)
+	}
+	var d Decoder
+	for name, body := range map[string][]byte{"older pulse": old} {
+		hb, err := Parse(body)
+		if err != nil {
+			t.Fatalf("%s: Parse: %v", name, err)
+		}
+		if _, ok := hb.Windows[Window200ms]; ok || hb.SelfProbe.PendingMicros != 0 {
+			t.Fatalf("%s: %+v", name, hb)
+		}
+		var got Heartbeat
+		if err := d.Decode(body, &got); err != nil || !reflect.DeepEqual(*hb, got) {
+			t.Fatalf("%s: Decode %v\n%#v\nwant\n%#v", name, err, got, *hb)
+		}
+	}
+	newer := valid()
+	newer.Windows[Window200ms] = Window{Queries: 40, Rcodes: map[string]uint64{"SERVFAIL": 30, "NOERROR": 10}, ServfailRatio: 0.75}
+	newer.SelfProbe.PendingMicros = 61_000
+	b := marshal(t, newer)
+	if !strings.Contains(string(b), `"pendingMicros":61000`) || !strings.Contains(string(b), `"200ms":{"queries":40`) {
+		t.Fatalf("encoded: %s", b)
+	}
+	var got Heartbeat
+	if err := d.Decode(b, &got); err != nil || got.SelfProbe.PendingMicros != 61_000 || got.Windows[Window200ms].Rcodes["SERVFAIL"] != 30 {
+		t.Fatalf("Decode: %v, %+v", err, got)
+	}
+	// Decoded into the same heartbeat, an older pulse's leaves nothing of the newer one.
+	if err := d.Decode(old, &got); err != nil || got.SelfProbe.PendingMicros != 0 || len(got.Windows) != 3 {
+		t.Fatalf("Decode of an older heartbeat after a newer one: %v, %+v", err, got)
+	}
+	// The 200ms window, when there, is validated as the others.
+	newer.Windows[Window200ms] = Window{Queries: 1, ServfailRatio: 2}
+	if _, err := Parse(marshal(t, newer)); err == nil || !strings.Contains(err.Error(), `window "200ms": servfailRatio 2`) {
+		t.Fatalf("a bad 200ms window: %v", err)
+	}
+	one := Decoder{KeepWindows: []string{Window1s}}
+	if err := one.Decode(marshal(t, newer), &got); err != nil || len(got.Windows) != 1 {
+		t.Fatalf("keeping 1s, a bad 200ms window is skipped: %v, %v", err, got.Windows)
 	}
 }
 

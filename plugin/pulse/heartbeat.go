@@ -68,7 +68,7 @@ func (c config) selfProbeTimeout() time.Duration {
 }
 
 // windowSpans are the heartbeat's windows, in the order of heartbeat.WindowKeys.
-var windowSpans = []time.Duration{time.Second, 10 * time.Second, 60 * time.Second}
+var windowSpans = []time.Duration{200 * time.Millisecond, time.Second, 10 * time.Second, 60 * time.Second}
 
 // runner serves one listener for one CoreDNS instance: the ticker (seq, heartbeat,
 // self-probe, metrics, lease), the janitor that snapshots the store, and GET /pulse. A
@@ -89,6 +89,7 @@ type runner struct {
 	watch     *watchers
 	ctx       context.Context // ends when the runner stops: streams end with it
 	lastProbe atomic.Pointer[heartbeat.SelfProbe]
+	probeSent atomic.Int64 // when the self-probe in flight was sent (time.Now's UnixNano); 0: none
 	lease     *leaser
 	gate      *gateKeeper
 
@@ -262,6 +263,9 @@ func (r *runner) build(now time.Time, seq uint64) *heartbeat.Heartbeat {
 			hb.SelfProbe.Error = "self-probe disabled: " + r.probeWhy
 		}
 	}
+	if sent := r.probeSent.Load(); sent != 0 {
+		hb.SelfProbe.PendingMicros = uint64(max(now.UnixNano()-sent, 0) / int64(time.Microsecond))
+	}
 	hb.Reasons = r.cfg.verdict(hb)
 	hb.Verdict = heartbeat.VerdictHealthy
 	if len(hb.Reasons) > 0 {
@@ -301,7 +305,9 @@ func (r *runner) selfProbe(ctx context.Context) {
 
 	c := &dns.Client{Net: "udp", Timeout: r.cfg.selfProbeTimeout()}
 	start := time.Now()
+	r.probeSent.Store(start.UnixNano())
 	resp, _, err := c.ExchangeContext(ctx, m, r.probeAddr)
+	r.probeSent.Store(0)
 	if ctx.Err() != nil {
 		return // shutting down: not a failure of the serving path
 	}

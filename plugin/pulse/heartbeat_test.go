@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dnspulse/dnspulse/heartbeat"
 
+	"github.com/coredns/coredns/plugin"
 	"github.com/miekg/dns"
 )
 
@@ -140,6 +142,46 @@ func TestHeartbeatSelfProbeFailsWhenServingPathIsStuck(t *testing.T) {
 	// seq still moves while the serving path is stuck.
 	seq := hb.Seq
 	waitFor(t, "seq to move on", func() bool { return getHeartbeat(t, url).Seq > seq })
+}
+
+// TestHeartbeatShowsAPendingSelfProbe: a self-probe the serving path has not answered shows
+// its age in every heartbeat until it ends, long before its timeout makes it a failure; a
+// probe answered leaves none.
+func TestHeartbeatShowsAPendingSelfProbe(t *testing.T) {
+	var stuck atomic.Bool
+	release := make(chan struct{})
+	p := newTestPulse(writeRcode(dns.RcodeSuccess, 0))
+	p.answerProbe = false // the probe goes down the chain
+	p.Next = plugin.HandlerFunc(func(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+		if stuck.Load() {
+			<-release
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		return dns.RcodeSuccess, w.WriteMsg(m)
+	})
+	dnsAddr := startDNS(t, p)
+	defer close(release)
+	_, url := startRunner(t, config{replica: "r1", minQueries: 5, servfailRatio: 0.25, p99: time.Second, probeTimeout: 5 * time.Second}, p, dnsAddr)
+	waitFor(t, "a self-probe answered", func() bool { return getHeartbeat(t, url).SelfProbe.Rcode == "NOERROR" })
+	stuck.Store(true)
+	var hb *heartbeat.Heartbeat
+	waitFor(t, "a self-probe pending for 100ms", func() bool {
+		hb = getHeartbeat(t, url)
+		return hb.SelfProbe.PendingMicros >= 100_000
+	})
+	if !hb.SelfProbe.OK || hb.Verdict != "healthy" {
+		t.Fatalf("a pending self-probe is not a failure before its timeout: %+v, verdict %q", hb.SelfProbe, hb.Verdict)
+	}
+	if hb.SelfProbe.PendingMicros > 5_000_000 {
+		t.Fatalf("pending %dµs: more than the probe's timeout", hb.SelfProbe.PendingMicros)
+	}
+	stuck.Store(false)
+	release <- struct{}{} // the pending probe is answered
+	waitFor(t, "no self-probe pending once it was answered", func() bool {
+		hb = getHeartbeat(t, url)
+		return hb.SelfProbe.PendingMicros < 100_000
+	})
 }
 
 func testHandler(block func()) *handlerFunc { return &handlerFunc{block: block} }

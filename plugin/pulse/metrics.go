@@ -77,6 +77,10 @@ var (
 	})
 )
 
+// metricWindows are the windows exported as metrics: a scrape every few seconds makes
+// nothing of the 200 ms one (it is for the healer, which reads every heartbeat).
+var metricWindows = []string{heartbeat.Window1s, heartbeat.Window10s, heartbeat.Window60s}
+
 func reportMetrics(listener string, hb *heartbeat.Heartbeat) {
 	heartbeatSeq.WithLabelValues(listener).Set(float64(hb.Seq))
 	degraded.WithLabelValues(listener).Set(b2f(hb.Verdict == heartbeat.VerdictDegraded))
@@ -84,7 +88,7 @@ func reportMetrics(listener string, hb *heartbeat.Heartbeat) {
 		inflightQueries.WithLabelValues(listener).Set(float64(f.Count))
 		inflightOldest.WithLabelValues(listener).Set(float64(f.OldestMicros) / 1e6)
 	}
-	for _, key := range heartbeat.WindowKeys {
+	for _, key := range metricWindows {
 		w := hb.Windows[key]
 		windowQueries.WithLabelValues(listener, key).Set(float64(w.Queries))
 		// An rcode that left the window must not keep its last count.

@@ -66,9 +66,9 @@ func excess(e, n, pe, pn uint64, margin float64) bool {
 	return float64(n)*kl >= significance
 }
 
-// judgeInternal judges r's heartbeat (R12): the hard signals, then its 1 s window against the
-// peers' (every error rcode, NXDOMAIN as a suspicion, the latency by R10) and its oldest
-// query in flight against theirs. Comparisons need MinQueries on both sides.
+// judgeInternal judges r's heartbeat (R12): the hard signals, then its windows against the
+// peers' (every error rcode in 200 ms and 1 s, NXDOMAIN as a suspicion and the latency by
+// R10 in 1 s), its oldest query in flight and its self-probe pending against theirs. Comparisons need MinQueries on both sides.
 func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 	var in internalView
 	if r.target.PulseAddr == "" {
@@ -111,32 +111,44 @@ func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 	}
 	d.compareWindow(&in, r, pe)
 	d.compareInFlight(&in, r, pe)
+	d.comparePending(&in, r, pe)
 	return in
 }
 
-// compareWindow compares the replica's 1 s window with the pooled windows of its peers.
+// compareWindow compares the replica's windows with the pooled windows of its peers: the
+// error rcodes in the latest 200 ms and in 1 s (each kind named once, by the first window
+// that shows it), NXDOMAIN and the latency in 1 s (a suspicion and a quantile: neither
+// needs the shorter window's haste, both would suffer its noise).
 func (d *Detector) compareWindow(in *internalView, r *evidence, pe *peerSummary) {
-	w := r.lastHB.Windows[heartbeat.Window1s]
 	minQ := uint64(d.th.MinQueries)
-	self := r.pooled.window // then its window of the last full judgment is in the pool
-	pn := pe.queries
-	if self {
-		pn -= r.pooled.queries
-	}
-	if w.Queries >= minQ && pn >= minQ {
+	var named [len(rcodeKinds)]bool
+	for j, key := range judgedWindows {
+		w, ok := r.lastHB.Windows[key]
+		if !ok || w.Queries < minQ {
+			continue
+		}
+		pool := pe.windows[j]
+		if r.pooled.inWindow[j] { // then its window of the last full judgment is in the pool
+			pool = pool.without(&r.pooled.windows[j])
+		}
+		if pool.queries < minQ {
+			continue
+		}
+		short := key != heartbeat.Window1s
 		for k, kind := range rcodeKinds {
-			e, pool := kindCount(&w, k), pe.kinds[k]
-			if self {
-				pool -= r.pooled.kinds[k]
+			if named[k] || short && !kind.error {
+				continue
 			}
+			e := kindCount(&w, k)
 			margin := d.th.ErrorMargin
 			if !kind.error {
 				margin = d.th.NXDomainMargin
 			}
-			if !excess(e, w.Queries, pool, pn, margin) {
+			if !excess(e, w.Queries, pool.kinds[k], pool.queries, margin) {
 				continue
 			}
-			why := fmt.Sprintf("%s %d of %d queries in 1s, peers %.3f", kind.name, e, w.Queries, float64(pool)/float64(pn))
+			named[k] = true
+			why := fmt.Sprintf("%s %d of %d queries in %s, peers %.3f", kind.name, e, w.Queries, key, float64(pool.kinds[k])/float64(pool.queries))
 			switch {
 			case !kind.error:
 				in.suspect = append(in.suspect, why+" (a client's NXDOMAIN storm is not the replica's fault)")
@@ -149,6 +161,7 @@ func (d *Detector) compareWindow(in *internalView, r *evidence, pe *peerSummary)
 			}
 		}
 	}
+	w := r.lastHB.Windows[heartbeat.Window1s]
 	if w.Queries < minQ {
 		return
 	}
@@ -186,6 +199,25 @@ func (d *Detector) compareInFlight(in *internalView, r *evidence, pe *peerSummar
 	if d.outlier(own, peer) {
 		in.relFailing = true
 		in.reasons = append(in.reasons, fmt.Sprintf("%d queries in flight, the oldest for %s (peers %s)", f.Count, own.Round(time.Millisecond), peer.Round(time.Millisecond)))
+	}
+}
+
+// comparePending applies R10 to the age of the self-probe pending: a listener that stopped
+// answering (its DNS port filtered, its server stuck while pulse's ticker runs) shows there
+// within a tick of the probe's send, long before the probe's timeout makes it a failure.
+func (d *Detector) comparePending(in *internalView, r *evidence, pe *peerSummary) {
+	p := r.lastHB.SelfProbe.PendingMicros
+	if p == 0 {
+		return
+	}
+	m, ok := pe.pending.peerMedian(r.pooled.pending, r.pooled.hasPending)
+	if !ok {
+		return
+	}
+	own, peer := time.Duration(p)*time.Microsecond, time.Duration(m)*time.Microsecond
+	if d.outlier(own, peer) {
+		in.relFailing = true
+		in.reasons = append(in.reasons, fmt.Sprintf("self-probe unanswered for %s (peers %s)", own.Round(time.Millisecond), peer.Round(time.Millisecond)))
 	}
 }
 

@@ -7,21 +7,48 @@ import (
 	"github.com/dnspulse/dnspulse/heartbeat"
 )
 
+// judgedWindows are the heartbeat windows whose rcode shares R12 compares: the latest 200 ms
+// (a fresh fault shows there within a tick or two, where the 1 s window dilutes it with the
+// second before) and the 1 s window (steadier, and the only one of an older pulse).
+var judgedWindows = [...]string{heartbeat.Window200ms, heartbeat.Window1s}
+
+// windowPool is the traffic of one window, pooled over ready replicas.
+type windowPool struct {
+	queries uint64
+	kinds   [len(rcodeKinds)]uint64
+}
+
+func (w *windowPool) add(o *windowPool) {
+	w.queries += o.queries
+	for k := range w.kinds {
+		w.kinds[k] += o.kinds[k]
+	}
+}
+
+// without is w less o (o must be in w).
+func (w windowPool) without(o *windowPool) windowPool {
+	w.queries -= o.queries
+	for k := range w.kinds {
+		w.kinds[k] -= o.kinds[k]
+	}
+	return w
+}
+
 // peerSummary is what every replica is compared with, computed once per evaluation from
 // the ready replicas.
 type peerSummary struct {
 	probeLat sortedVals // recent probe latency (ns) of ready replicas with one
 	latency  sortedVals // 1 s window latency (µs, see quantile) of ready replicas with MinQueries
 	oldest   sortedVals // oldest query in flight (µs) of ready replicas that report it
-	// The pooled 1 s windows of the ready replicas with a current heartbeat.
-	queries  uint64
-	kinds    [len(rcodeKinds)]uint64
+	pending  sortedVals // age of the self-probe pending (µs, 0: none) of ready replicas
+	// The pooled judgedWindows of the ready replicas with a current heartbeat.
+	windows  [len(judgedWindows)]windowPool
 	canaryOK top2 // canaryOKAt of ready replicas whose canary is fresh
 }
 
 func (pe *peerSummary) reset() {
-	pe.probeLat, pe.latency, pe.oldest = pe.probeLat[:0], pe.latency[:0], pe.oldest[:0]
-	pe.queries, pe.kinds, pe.canaryOK = 0, [len(rcodeKinds)]uint64{}, top2{}
+	pe.probeLat, pe.latency, pe.oldest, pe.pending = pe.probeLat[:0], pe.latency[:0], pe.oldest[:0], pe.pending[:0]
+	pe.windows, pe.canaryOK = [len(judgedWindows)]windowPool{}, top2{}
 }
 
 // pooled is what one replica put in the peers' summary at the last full judgment. The
@@ -29,23 +56,27 @@ func (pe *peerSummary) reset() {
 // (its newer figures are not what the summary holds: taking them out instead would compare
 // it with garbage, an unsigned count going below zero).
 type pooled struct {
-	window                             bool // its 1 s window is in queries and kinds
-	queries                            uint64
-	kinds                              [len(rcodeKinds)]uint64
-	probeLat, latency, oldest          float64
-	hasProbeLat, hasLatency, hasOldest bool
+	inWindow                                       [len(judgedWindows)]bool // its window is in windows
+	windows                                        [len(judgedWindows)]windowPool
+	probeLat, latency, oldest, pending             float64
+	hasProbeLat, hasLatency, hasOldest, hasPending bool
 }
 
 // add pools one ready replica's heartbeat, and says what it pooled into p.
 func (pe *peerSummary) add(hb *heartbeat.Heartbeat, minQueries int, p *pooled) {
-	w := hb.Windows[heartbeat.Window1s]
-	p.window, p.queries = true, w.Queries
-	pe.queries += w.Queries
-	for k := range rcodeKinds {
-		p.kinds[k] = kindCount(&w, k)
-		pe.kinds[k] += p.kinds[k]
+	for j, key := range judgedWindows {
+		w, ok := hb.Windows[key]
+		if !ok {
+			continue
+		}
+		p.inWindow[j] = true
+		p.windows[j].queries = w.Queries
+		for k := range rcodeKinds {
+			p.windows[j].kinds[k] = kindCount(&w, k)
+		}
+		pe.windows[j].add(&p.windows[j])
 	}
-	if w.Queries >= uint64(minQueries) {
+	if w := hb.Windows[heartbeat.Window1s]; w.Queries >= uint64(minQueries) {
 		p.latency, p.hasLatency = float64(quantile(&w)), true
 		pe.latency = append(pe.latency, p.latency)
 	}
@@ -53,10 +84,13 @@ func (pe *peerSummary) add(hb *heartbeat.Heartbeat, minQueries int, p *pooled) {
 		p.oldest, p.hasOldest = float64(hb.InFlight.OldestMicros), true
 		pe.oldest = append(pe.oldest, p.oldest)
 	}
+	// An older pulse does not report it: as if none were pending, which is the rule.
+	p.pending, p.hasPending = float64(hb.SelfProbe.PendingMicros), true
+	pe.pending = append(pe.pending, p.pending)
 }
 
 func (pe *peerSummary) sort() {
-	for _, s := range []sortedVals{pe.probeLat, pe.latency, pe.oldest} {
+	for _, s := range []sortedVals{pe.probeLat, pe.latency, pe.oldest, pe.pending} {
 		slices.Sort(s)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -472,5 +473,102 @@ func TestGrowingStormSteadilySuspect(t *testing.T) {
 	}
 	if entries != 1 {
 		t.Errorf("b entered suspect %d times during the storm, want once: %v", entries, got["b"])
+	}
+}
+
+// firstDegraded is when replica n was first degraded after the fault (0: never), and why.
+func firstDegraded(got map[string][]Transition, n string) (time.Duration, []string) {
+	for _, tr := range got[n] {
+		if tr.To == api.Degraded && !tr.At.Before(t0.Add(faultAt)) {
+			return tr.At.Sub(t0) - faultAt, tr.Reasons
+		}
+	}
+	return 0, nil
+}
+
+// R12 on the latest 200 ms: a fault whose errors the 1 s window still dilutes below the bar
+// (its first SERVFAILs among a second of good answers) fails the internal view as soon as
+// the 200 ms window shows them; a pulse older than that window is judged on 1 s alone.
+func TestErrorsInTheLatestWindowFailTheInternalView(t *testing.T) {
+	sc := func(short bool) scenario {
+		return scenario{
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return probe.Result{Latency: time.Millisecond, Rcode: dns.RcodeServerFailure, Failure: "rcode SERVFAIL (want NOERROR)"}
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := okPulse(n, s, seq)
+				// 300 queries a second; after the fault, a third of b's SERVFAIL: 20 of the
+				// latest 60, 7 of the second's 300 (0.023: below the 0.05 margin).
+				o := hbOpts{queries: 300}
+				if n == "b" && after(s) {
+					o.servfail = 0.025
+				}
+				r.HB = hb(seq, o)
+				if short {
+					w := r.HB.Windows[heartbeat.Window1s]
+					w.Queries, w.Rcodes = 60, map[string]uint64{"NOERROR": 60}
+					if n == "b" && after(s) {
+						w.Rcodes = map[string]uint64{"NOERROR": 40, "SERVFAIL": 20}
+					}
+					r.HB.Windows[heartbeat.Window200ms] = w
+				}
+				return r
+			},
+		}
+	}
+	got := simulate(t, sc(true), config.DefaultThresholds())
+	at, why := firstDegraded(got, "b")
+	if at == 0 || !strings.Contains(strings.Join(why, "; "), "SERVFAIL 20 of 60 queries in 200ms") {
+		t.Fatalf("b not degraded on its latest 200 ms: at %s, %q; %v", at, why, got["b"])
+	}
+	for _, n := range []string{"a", "c"} {
+		if slices.Contains(statesAfter(got[n], t0.Add(faultAt)), api.Degraded) {
+			t.Errorf("%s degraded: %v", n, got[n])
+		}
+	}
+	// Without the 200 ms window (an older pulse), the same second of traffic is below the
+	// bar: the external view alone, a suspicion.
+	got = simulate(t, sc(false), config.DefaultThresholds())
+	if at, why := firstDegraded(got, "b"); at != 0 {
+		t.Fatalf("b degraded on the 1 s window alone at %s: %q", at, why)
+	}
+	if !slices.Contains(statesAfter(got["b"], t0.Add(faultAt)), api.Suspect) {
+		t.Fatalf("b not even suspect: %v", got["b"])
+	}
+}
+
+// R12, the self-probe pending: a replica whose DNS port stopped answering (UDP filtered, the
+// heartbeat still served) fails its internal view when its self-probe has been pending for
+// an R10 outlier of its peers', long before the probe's own timeout; when every replica's
+// self-probe waits alike (a loaded node), none is an outlier.
+func TestPendingSelfProbeFailsTheInternalView(t *testing.T) {
+	sc := func(everyone bool) scenario {
+		return scenario{
+			probe: func(n string, s time.Duration) probe.Result {
+				if n == "b" && after(s) {
+					return timeoutProbe()
+				}
+				return okProbe(n, s)
+			},
+			pulse: func(n string, s time.Duration, seq uint64) hbreader.Result {
+				r := okPulse(n, s, seq)
+				if (n == "b" || everyone) && after(s) {
+					r.HB.SelfProbe.PendingMicros = 60_000
+				}
+				return r
+			},
+		}
+	}
+	got := simulate(t, sc(false), config.DefaultThresholds())
+	at, why := firstDegraded(got, "b")
+	if at == 0 || !strings.Contains(strings.Join(why, "; "), "self-probe unanswered for 60ms (peers 0s)") {
+		t.Fatalf("b not degraded on its pending self-probe: at %s, %q; %v", at, why, got["b"])
+	}
+	got = simulate(t, sc(true), config.DefaultThresholds())
+	if at, why := firstDegraded(got, "b"); at != 0 {
+		t.Fatalf("b degraded when every self-probe waits alike, at %s: %q", at, why)
 	}
 }

@@ -149,7 +149,7 @@ type reader struct {
 // newDecoder decodes what the detector reads of a heartbeat: every field but the 10s and
 // 60s windows, which are checked to be there and skipped (most of a line's numbers).
 func newDecoder() heartbeat.Decoder {
-	return heartbeat.Decoder{KeepWindows: []string{heartbeat.Window1s}}
+	return heartbeat.Decoder{KeepWindows: []string{heartbeat.Window200ms, heartbeat.Window1s}}
 }
 
 func (p *Pool) newReader(w *schedule.Worker) *reader {
