@@ -40,6 +40,12 @@ func (e *Engine) evaluate(ctx context.Context, now time.Time) {
 			e.reads.Boost(tr.Replica, boostFor)
 		}
 		switch tr.To {
+		case api.Suspect:
+			// A drain may follow in a moment: its dry run can go now (the mode checks that
+			// it leads and that the replica can be drained; a dry-run healer drains nothing).
+			if e.drainer != nil && !e.cfg.Guards.DryRun && r.target.Ready && !r.target.Drained {
+				e.drainer.Anticipate(r.target)
+			}
 		case api.Degraded:
 			r.reasons, r.degradedSince = tr.Reasons, tr.At
 			e.degradedEvent(r, tr)

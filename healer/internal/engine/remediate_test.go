@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,14 +19,21 @@ import (
 
 // fakeDrainer records the steps the engine takes, in order.
 type fakeDrainer struct {
-	mu    sync.Mutex
-	steps []string
+	mu          sync.Mutex
+	steps       []string
+	anticipated []string // the replicas Anticipate was called for
 }
 
 func (f *fakeDrainer) add(s string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.steps = append(f.steps, s)
+}
+
+func (f *fakeDrainer) anticipations() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.anticipated...)
 }
 
 func (f *fakeDrainer) log() []string {
@@ -35,6 +43,11 @@ func (f *fakeDrainer) log() []string {
 }
 
 func (f *fakeDrainer) CanEvict(context.Context, replica.Target) (bool, string) { return true, "" }
+func (f *fakeDrainer) Anticipate(t replica.Target) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.anticipated = append(f.anticipated, t.Name)
+}
 func (f *fakeDrainer) Drain(_ context.Context, t replica.Target, _ []string) replica.Outcome {
 	f.add("drain " + t.Name)
 	return replica.Outcome{Action: api.ActionDrain, Result: api.ResultSuccess}
@@ -128,6 +141,10 @@ func TestDrainFastEvictOnProof(t *testing.T) {
 	waitFor(t, func() bool { return len(fd.log()) >= 2 })
 	if got := strings.Join(fd.log(), ","); got != "drain b,undrain b" {
 		t.Fatalf("steps %q, want a drain then an undrain and no eviction", got)
+	}
+	// Suspect before degraded: the drain's dry run was asked for ahead.
+	if got := fd.anticipations(); !slices.Contains(got, "b") {
+		t.Errorf("Anticipate called for %q, want b (suspect before its drain)", got)
 	}
 
 	fd2 := &fakeDrainer{}

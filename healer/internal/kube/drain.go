@@ -93,8 +93,9 @@ func (r *remediator) drain(ctx context.Context, t replica.Target, reasons []stri
 		return replica.Outcome{Action: api.ActionDrain, Result: api.ResultRefused,
 			Message: fmt.Sprintf("pod %s/%s does not declare the readiness gate %s", pod.Namespace, pod.Name, api.ConditionServing)}
 	}
-	if ok, why := r.CanEvict(ctx, t); !ok {
-		msg := "not drained, not evicted: " + why
+	admitted, admitWhy := r.admit(ctx, t, pod.UID)
+	if !admitted {
+		msg := "not drained, not evicted: " + admitWhy
 		r.notifier.event(pod, api.ReasonEvictionBlocked, msg)
 		return replica.Outcome{Action: api.ActionDrain, Result: api.ResultBlocked, Message: msg}
 	}
@@ -112,7 +113,7 @@ func (r *remediator) drain(ctx context.Context, t replica.Target, reasons []stri
 	r.notifier.event(pod, api.ReasonReadinessGateSet,
 		fmt.Sprintf("dnspulse set %s=False so that traffic leaves now; eviction once the fault is confirmed: %s", api.ConditionServing, why))
 	return replica.Outcome{Action: api.ActionDrain, Result: api.ResultSuccess,
-		Message: fmt.Sprintf("condition %s=False set on pod %s/%s (the eviction was admitted by a dry run)", api.ConditionServing, pod.Namespace, pod.Name)}
+		Message: fmt.Sprintf("condition %s=False set on pod %s/%s (the eviction admitted: %s)", api.ConditionServing, pod.Namespace, pod.Name, admitWhy)}
 }
 
 // Undrain implements replica.Drainer: the condition back to True, the replica serving again

@@ -48,6 +48,8 @@ type remediator struct {
 	// drains are the pods this healer drained and still means to evict: the gate opener
 	// leaves them alone, and reopens any other gate left False.
 	drains *drainSet
+	// ahead is the eviction's dry run run ahead of a drain (Anticipate).
+	ahead anticipation
 }
 
 func (r *remediator) Remediate(ctx context.Context, t replica.Target, reasons []string, dryRun bool) replica.Outcome {

@@ -75,6 +75,10 @@ type Drainer interface {
 	// CanEvict asks whether an eviction would be admitted now (a server-side dry run: the
 	// PodDisruptionBudget included), so that nothing is drained that cannot be replaced.
 	CanEvict(ctx context.Context, t Target) (ok bool, why string)
+	// Anticipate says the replica may be drained in a moment (it became suspect): the mode
+	// may run CanEvict's check now, in the background, for the drain to use if it comes
+	// soon. It never blocks and changes nothing.
+	Anticipate(t Target)
 	Drain(ctx context.Context, t Target, reasons []string) Outcome
 	Undrain(ctx context.Context, t Target, why string) Outcome
 }
