@@ -1,8 +1,11 @@
 package pulse
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/test"
@@ -40,4 +43,36 @@ func BenchmarkServeDNS(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkTick is the ticker's own work per tick but the self-probe: build the heartbeat
+// (every window summarised from the store's counters, the queries in flight) and encode it,
+// with the counters of a busy server behind it.
+func BenchmarkTick(b *testing.B) {
+	h := newHub("bench", 8)
+	for i := range 100_000 {
+		kind := dns.RcodeSuccess
+		switch i % 20 {
+		case 0:
+			kind = dns.RcodeNameError
+		case 1:
+			kind = dns.RcodeServerFailure
+		}
+		h.store.record(i%8, time.Duration(100+i%5000)*time.Microsecond, kind, uint32(i))
+		if i%10_000 == 0 {
+			h.store.snapshot(h.now())
+		}
+	}
+	r := &runner{cfg: defaultConfig(), hub: h}
+	r.cfg.replica = "bench"
+	b.ReportAllocs()
+	var buf bytes.Buffer
+	for i := 0; b.Loop(); i++ {
+		hb := r.build(time.Now(), uint64(i))
+		buf.Reset()
+		if err := json.NewEncoder(&buf).Encode(hb); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(buf.Len()), "bytes/heartbeat")
 }
