@@ -191,6 +191,9 @@ func healerLines(e *Episode) string {
 		what := string(l.To)
 		if l.Event == "remediation" {
 			what = string(l.Action) + " " + string(l.Result)
+			if l.Action == "drain" { // whether its admission was a dry run run ahead, and how old
+				what += ": " + l.Message
+			}
 		}
 		fmt.Fprintf(&b, "  %+9.3fs  healer %s: %s %s\n", l.Time.Sub(e.Injected).Seconds(), l.Pod, l.Event, what)
 	}
