@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -254,8 +255,10 @@ func TestStopDoesNotWaitForAnIdleNewConnection(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
+	// Closed by the server: EOF once it accepted the connection, a reset when the listener
+	// closed with the connection still in its accept queue. A timeout would mean it waited.
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		t.Fatalf("read on the idle connection after stop: %v, want EOF (closed by the server)", err)
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read on the idle connection after stop: %v, want EOF or a reset (closed by the server)", err)
 	}
 }
