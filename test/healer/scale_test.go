@@ -733,7 +733,7 @@ func (f *fleet) doc(r *simReplica, now time.Time, b []byte) []byte {
 	for i, w := range []struct {
 		key string
 		n   int
-	}{{"1s", 50}, {"10s", 500}, {"60s", 3000}} {
+	}{{"200ms", 10}, {"1s", 50}, {"10s", 500}, {"60s", 3000}} {
 		if i > 0 {
 			b = append(b, ',')
 		}

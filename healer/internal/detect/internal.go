@@ -68,7 +68,8 @@ func excess(e, n, pe, pn uint64, margin float64) bool {
 
 // judgeInternal judges r's heartbeat (R12): the hard signals, then its windows against the
 // peers' (every error rcode in 200 ms and 1 s, NXDOMAIN as a suspicion and the latency by
-// R10 in 1 s), its oldest query in flight and its self-probe pending against theirs. Comparisons need MinQueries on both sides.
+// R10 in 1 s), its oldest query in flight and its self-probe pending against theirs.
+// Comparisons need MinQueries on both sides.
 func (d *Detector) judgeInternal(r *evidence, pe *peerSummary) internalView {
 	var in internalView
 	if r.target.PulseAddr == "" {

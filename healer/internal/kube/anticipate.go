@@ -21,6 +21,11 @@ const admissionFresh = time.Second
 // anticipateTimeout bounds a dry run run ahead.
 const anticipateTimeout = 5 * time.Second
 
+// anticipateSpacing is the least time between two dry runs run ahead: a fleet whose
+// replicas keep turning suspect costs the apiserver at most ten a second. A drain that finds
+// none for its pod runs its own.
+const anticipateSpacing = 100 * time.Millisecond
+
 // admission is one dry run of a pod's eviction run ahead of its drain.
 type admission struct {
 	uid  types.UID
@@ -37,11 +42,15 @@ type anticipation struct {
 	latest *admission
 }
 
-// begin starts a dry run for uid at now, unless one is under way or one for uid is fresh.
+// begin starts a dry run for uid at now, unless one is under way, one began less than
+// anticipateSpacing ago, or one for uid is fresh.
 func (a *anticipation) begin(uid types.UID, now time.Time) (*admission, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if l := a.latest; l != nil {
+		if now.Sub(l.at) < anticipateSpacing {
+			return nil, false
+		}
 		select {
 		case <-l.done:
 			if l.uid == uid && now.Sub(l.at) < admissionFresh/2 {

@@ -100,4 +100,14 @@ func TestAdmissionRunAheadExpires(t *testing.T) {
 	if _, ok := a.admitted(ctx, types.UID("uid-b"), at); ok {
 		t.Error("another pod admitted by a's dry run")
 	}
+	// Done, but one dry run ahead per anticipateSpacing; and none again for a fresh pod.
+	if _, ok := a.begin("uid-b", at.Add(anticipateSpacing-time.Millisecond)); ok {
+		t.Error("a dry run ahead within anticipateSpacing of the last")
+	}
+	if _, ok := a.begin("uid-a", at.Add(anticipateSpacing)); ok {
+		t.Error("a second dry run ahead for a pod whose admission is fresh")
+	}
+	if _, ok := a.begin("uid-b", at.Add(anticipateSpacing)); !ok {
+		t.Error("no dry run ahead for another pod after anticipateSpacing")
+	}
 }
