@@ -43,8 +43,12 @@ func (e *Engine) fleetNow() fleet {
 
 func (e *Engine) candidate(r *replicaState) candidate {
 	g := e.cfg.Guards
+	// A partition reported in this episode stays one until the replica leaves degraded: the
+	// pod's readiness moving under the healer's own undrain (its evidence forgotten as it turns
+	// Ready again) is not new evidence, and only the cluster's view may then confirm (G13).
+	unreachable := e.det.Unreachable(r.target.Name) || r.partitionReported
 	return candidate{target: r.target, degradedSince: r.degradedSince, readySince: r.readyAt,
-		flapping: r.flapping(e.now(), g.FlapCount, g.FlapWindow.D()), unreachable: e.det.Unreachable(r.target.Name), g: &r.guard}
+		flapping: r.flapping(e.now(), g.FlapCount, g.FlapWindow.D()), unreachable: unreachable, g: &r.guard}
 }
 
 // remediate takes at most one step (G5): undrain a replica that recovered; report a
